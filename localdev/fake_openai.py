@@ -1,0 +1,288 @@
+"""A local Azure OpenAI realtime endpoint on a real socket: validates requests the way the service does,
+records them, and injects faults on demand.
+
+It checks what the real `/openai/v1` endpoints check (auth header, JSON shape, `session.type`, the ten
+voices, beta-era fields, content types, SDP) so the function app's requests are proven correct, not just sent.
+Offers are answered by a pluggable answerer: a canned SDP for HTTP tests, a real WebRTC peer for the emulator.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+VOICES = {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
+SESSION_KEYS = {"type", "model", "instructions", "output_modalities", "audio", "tools", "tool_choice",
+                "max_output_tokens", "tracing", "truncation", "prompt", "include"}
+AUDIO_INPUT_KEYS = {"format", "transcription", "turn_detection", "noise_reduction"}
+AUDIO_OUTPUT_KEYS = {"format", "voice", "speed"}
+Answerer = Callable[[str, dict], str]
+
+
+@dataclass
+class Fault:
+    """What the next matching request gets instead of a normal answer."""
+
+    status: int | None = 500  # None: answer normally once the delay is over
+    body: str | None = None  # None: a JSON error shaped like the service's
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # seconds to stall before answering (timeouts)
+    drop: bool = False  # close the connection without answering
+
+
+@dataclass
+class Recorded:
+    endpoint: str
+    headers: dict[str, str]
+    body: bytes
+    query: dict[str, list[str]]
+
+
+def canned_answer(offer: str, session: dict) -> str:
+    """A well-formed SDP answer for tests that exercise HTTP only."""
+    return (
+        "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n"
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendrecv\r\n"
+        "a=rtpmap:111 opus/48000/2\r\na=setup:active\r\n"
+    )
+
+
+class ServiceError(Exception):
+    def __init__(self, status: int, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.param = status, code, message, param
+
+    def body(self) -> bytes:
+        error = {"message": self.message, "type": "invalid_request_error", "code": self.code, "param": self.param}
+        return json.dumps({"error": error}).encode()
+
+
+class FakeAzureOpenAI:
+    def __init__(
+        self,
+        api_key: str | None = "test-key",
+        deployments: tuple[str, ...] = ("gpt-realtime",),
+        answerer: Answerer = canned_answer,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.api_key = api_key
+        self.deployments = set(deployments)
+        self.accepted_tokens: set[str] = set()
+        self.answerer = answerer
+        self.requests: list[Recorded] = []
+        self.connections = 0
+        self.secrets: dict[str, dict] = {}
+        self._faults: dict[str, list[Fault]] = {"client_secrets": [], "calls": []}
+        self._lock = threading.Lock()
+        self.server = _Server((host, port), _handler_for(self))
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), name="fake-azure-openai", daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def fail_next(self, endpoint: str, fault: Fault, times: int = 1) -> None:
+        with self._lock:
+            self._faults[endpoint].extend([fault] * times)
+
+    def calls_to(self, endpoint: str) -> list[Recorded]:
+        return [r for r in self.requests if r.endpoint == endpoint]
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.connections = 0
+            for queue in self._faults.values():
+                queue.clear()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _take_fault(self, endpoint: str) -> Fault | None:
+        with self._lock:
+            queue = self._faults[endpoint]
+            return queue.pop(0) if queue else None
+
+    def _count_connection(self) -> None:
+        with self._lock:
+            self.connections += 1
+
+    # -- what the service checks ---------------------------------------------------------------
+
+    def handle(self, endpoint: str, headers: dict[str, str], query: dict[str, list[str]], body: bytes) -> tuple[int, dict, bytes]:
+        if "api-version" in query:
+            raise ServiceError(400, "unsupported_api_version", "api-version is not supported on the v1 API.")
+        if "openai-beta" in headers:
+            raise ServiceError(400, "invalid_beta", "The OpenAI-Beta header is not supported on the GA API.")
+        if endpoint == "client_secrets":
+            return self._client_secret(headers, body)
+        return self._call(headers, body)
+
+    def _client_secret(self, headers: dict[str, str], body: bytes) -> tuple[int, dict, bytes]:
+        self._authenticate(headers)
+        if headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            raise ServiceError(400, "invalid_content_type", "Content-Type must be application/json.")
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            raise ServiceError(400, "invalid_json", "We could not parse the JSON body of your request.") from None
+        if not isinstance(payload, dict):
+            raise ServiceError(400, "invalid_type", "The body must be a JSON object.")
+        _only(payload, {"expires_after", "session"}, "")
+        ttl = self._expiry(payload.get("expires_after"))
+        session = payload.get("session")
+        if not isinstance(session, dict):
+            raise ServiceError(400, "missing_required_parameter", "Missing required parameter: 'session'.", "session")
+        self._check_session(session)
+        value = "ek_" + secrets.token_hex(16)
+        expires_at = int(time.time()) + ttl
+        with self._lock:
+            self.secrets[value] = {"session": session, "expires_at": expires_at}
+        answer = {"value": value, "expires_at": expires_at, "session": {**session, "id": "sess_" + secrets.token_hex(8)}}
+        return 200, {"Content-Type": "application/json"}, json.dumps(answer).encode()
+
+    def _authenticate(self, headers: dict[str, str]) -> None:
+        key, auth = headers.get("api-key"), headers.get("authorization", "")
+        if key is not None:
+            if self.api_key is None or not secrets.compare_digest(key, self.api_key):
+                raise ServiceError(401, "invalid_api_key", "Access denied due to invalid subscription key.")
+            return
+        if auth.startswith("Bearer ") and auth[7:] in self.accepted_tokens:
+            return
+        raise ServiceError(401, "unauthorized", "Access denied due to missing or invalid authentication.")
+
+    @staticmethod
+    def _expiry(expires_after: object) -> int:
+        if expires_after is None:
+            return 600
+        if not isinstance(expires_after, dict) or expires_after.get("anchor") != "created_at":
+            raise ServiceError(400, "invalid_value", "expires_after.anchor must be 'created_at'.", "expires_after.anchor")
+        _only(expires_after, {"anchor", "seconds"}, "expires_after.")
+        seconds = expires_after.get("seconds", 600)
+        if not isinstance(seconds, int) or not 10 <= seconds <= 7200:
+            raise ServiceError(400, "invalid_value", "expires_after.seconds must be 10..7200.", "expires_after.seconds")
+        return seconds
+
+    def _check_session(self, session: dict) -> None:
+        _only(session, SESSION_KEYS, "session.")
+        if session.get("type") != "realtime":
+            raise ServiceError(400, "invalid_value", "session.type must be 'realtime'.", "session.type")
+        if session.get("model") not in self.deployments:
+            raise ServiceError(404, "DeploymentNotFound", "The API deployment for this resource does not exist.")
+        if "instructions" in session and not isinstance(session["instructions"], str):
+            raise ServiceError(400, "invalid_type", "session.instructions must be a string.", "session.instructions")
+        audio = session.get("audio", {})
+        if not isinstance(audio, dict):
+            raise ServiceError(400, "invalid_type", "session.audio must be an object.", "session.audio")
+        _only(audio, {"input", "output"}, "session.audio.")
+        _only(audio.get("input", {}), AUDIO_INPUT_KEYS, "session.audio.input.")
+        _only(audio.get("output", {}), AUDIO_OUTPUT_KEYS, "session.audio.output.")
+        voice = audio.get("output", {}).get("voice")
+        if voice is not None and voice not in VOICES:
+            raise ServiceError(400, "invalid_value", f"Invalid value: '{voice}'.", "session.audio.output.voice")
+        turn = audio.get("input", {}).get("turn_detection")
+        if turn is not None and turn.get("type") not in ("server_vad", "semantic_vad"):
+            raise ServiceError(400, "invalid_value", "Unknown turn_detection type.", "session.audio.input.turn_detection.type")
+
+    def _call(self, headers: dict[str, str], body: bytes) -> tuple[int, dict, bytes]:
+        auth = headers.get("authorization", "")
+        with self._lock:
+            secret = self.secrets.get(auth[7:]) if auth.startswith("Bearer ") else None
+        if secret is None or secret["expires_at"] < time.time():
+            raise ServiceError(401, "invalid_client_secret", "Invalid or expired ephemeral key.")
+        if headers.get("content-type", "").split(";")[0].strip() != "application/sdp":
+            raise ServiceError(400, "invalid_content_type", "Content-Type must be application/sdp.")
+        offer = body.decode("utf-8", "replace")
+        if not offer.startswith("v=0") or "m=audio" not in offer:
+            raise ServiceError(400, "invalid_offer", "The SDP offer is invalid.")
+        try:
+            answer = self.answerer(offer, secret["session"])
+        except ValueError as exc:
+            raise ServiceError(400, "invalid_offer", f"The SDP offer could not be applied: {exc}") from None
+        call_id = "rtc_" + secrets.token_hex(12)
+        return 201, {"Content-Type": "application/sdp", "Location": f"/v1/realtime/calls/{call_id}"}, answer.encode()
+
+
+def _only(obj: object, allowed: set[str], where: str) -> None:
+    if not isinstance(obj, dict):
+        raise ServiceError(400, "invalid_type", f"{where.rstrip('.') or 'body'} must be an object.")
+    for key in obj:
+        if key not in allowed:
+            raise ServiceError(400, "unknown_parameter", f"Unknown parameter: '{where}{key}'.", f"{where}{key}")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def _handler_for(fake: FakeAzureOpenAI) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, so connection reuse is observable
+
+        def setup(self) -> None:
+            super().setup()
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            fake._count_connection()
+
+        def log_message(self, format: str, *args: object) -> None:  # keep test output quiet
+            pass
+
+        def do_POST(self) -> None:
+            parts = urlsplit(self.path)
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            endpoint = parts.path.removeprefix("/openai/v1/realtime/")
+            if endpoint not in ("client_secrets", "calls"):
+                self._send(404, {"Content-Type": "application/json"},
+                           ServiceError(404, "404", "Resource not found").body())
+                return
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            query = parse_qs(parts.query)
+            with fake._lock:
+                fake.requests.append(Recorded(endpoint, headers, body, query))
+            fault = fake._take_fault(endpoint)
+            if fault and self._fault(fault):
+                return
+            try:
+                status, out_headers, out = fake.handle(endpoint, headers, query, body)
+            except ServiceError as error:
+                status, out_headers, out = error.status, {"Content-Type": "application/json"}, error.body()
+            self._send(status, out_headers, out)
+
+        def _fault(self, fault: Fault) -> bool:
+            """Stall, drop or answer with the fault; False when the request should then be handled normally."""
+            if fault.delay:
+                time.sleep(fault.delay)
+            if fault.drop:
+                self.connection.shutdown(socket.SHUT_RDWR)
+                self.close_connection = True
+                return True
+            if fault.status is None:
+                return False
+            body = fault.body if fault.body is not None else ServiceError(fault.status, f"fault_{fault.status}", f"Injected fault {fault.status}.").body().decode()
+            ctype = "application/json" if fault.body is None else "text/html"
+            try:
+                self._send(fault.status, {"Content-Type": ctype, **fault.headers}, body.encode())
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
+            return True
+
+        def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
+            self.send_response(status)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Handler

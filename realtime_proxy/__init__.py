@@ -1,0 +1,1 @@
+"""Middle tier between browsers and Azure OpenAI gpt-realtime: mints ephemeral secrets and brokers SDP offers."""

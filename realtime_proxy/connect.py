@@ -1,0 +1,65 @@
+"""`POST /connect`: check the caller, read the offer, mint an ephemeral secret, exchange the offer, answer SDP."""
+from __future__ import annotations
+
+import logging
+import time
+
+import azure.functions as func
+
+from .cors import OriginPolicy
+from .errors import ApiError, error_response
+from .offer import read_offer
+from .policy import session_config
+from .ratelimit import RateLimiter
+from .settings import Settings
+from .upstream import Deadline, Upstream
+
+log = logging.getLogger(__name__)
+
+
+class ConnectHandler:
+    def __init__(self, settings: Settings, upstream: Upstream | None, origins: OriginPolicy, limiter: RateLimiter) -> None:
+        self.settings = settings
+        self.upstream = upstream
+        self.origins = origins
+        self.limiter = limiter
+
+    def preflight(self, req: func.HttpRequest) -> func.HttpResponse:
+        try:
+            return self.origins.preflight(req)
+        except ApiError as error:
+            return error_response(error)
+
+    def __call__(self, req: func.HttpRequest) -> func.HttpResponse:
+        cors: dict[str, str] = {}
+        try:
+            cors = self.origins.check(req)
+            if self.upstream is None:
+                raise ApiError(
+                    503, "not_configured", "The function app is not configured: " + "; ".join(self.settings.problems) + "."
+                )
+            self.limiter.check(req)
+            offer = read_offer(req, self.settings.policy, self.settings.limits)
+            return self._exchange(offer, cors)
+        except ApiError as error:
+            log.info("connect refused: %s %s", error.status, error.code)
+            return error_response(error, cors)
+
+    def _exchange(self, offer, cors: dict[str, str]) -> func.HttpResponse:
+        assert self.upstream is not None
+        deadline = Deadline(self.settings.limits)
+        started = time.perf_counter()
+        secret = self.upstream.mint_secret(session_config(self.settings.policy, self.settings.deployment, offer), deadline)
+        minted = time.perf_counter()
+        call = self.upstream.create_call(offer.sdp, secret, deadline)
+        done = time.perf_counter()
+        log.info("connect ok: call %s in %.0f ms", call.call_id, (done - started) * 1000)
+        headers = {
+            **cors,
+            "Content-Type": "application/sdp",
+            "Cache-Control": "no-store",
+            "Server-Timing": f"secret;dur={(minted - started) * 1000:.1f}, call;dur={(done - minted) * 1000:.1f}",
+        }
+        if call.location:
+            headers["Location"] = call.location
+        return func.HttpResponse(call.answer_sdp, status_code=201, headers=headers)

@@ -1,0 +1,53 @@
+"""Which web origins may call `/connect`, and the headers that tell a browser so.
+
+CORS headers only instruct browsers; the 403 for a disallowed `Origin` is what keeps other sites' pages
+from spending this resource. Scripts outside a browser can send any Origin (see README).
+"""
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import azure.functions as func
+
+from .errors import ApiError
+
+EXPOSED = "Location, Retry-After, Server-Timing"
+ALLOWED_HEADERS = "Content-Type, x-functions-key"
+
+
+class OriginPolicy:
+    def __init__(self, allowed: tuple[str, ...]) -> None:
+        self.any = "*" in allowed
+        self.allowed = frozenset(allowed)
+
+    def check(self, req: func.HttpRequest) -> dict[str, str]:
+        """CORS headers for an allowed request; ApiError(403) for an origin that is not allowed."""
+        origin = req.headers.get("origin")
+        if not origin or _same_origin(origin, req):
+            return {"Vary": "Origin"}
+        if self.any or origin.rstrip("/").lower() in self.allowed:
+            return {"Access-Control-Allow-Origin": origin, "Access-Control-Expose-Headers": EXPOSED, "Vary": "Origin"}
+        raise ApiError(
+            403,
+            "origin_not_allowed",
+            f"Origin {origin[:100]} may not call this endpoint; add it to the ALLOWED_ORIGINS app setting.",
+            {"Vary": "Origin"},
+        )
+
+    def preflight(self, req: func.HttpRequest) -> func.HttpResponse:
+        headers = self.check(req)
+        headers.update(
+            {
+                "Access-Control-Allow-Methods": "POST, OPTIONS",
+                "Access-Control-Allow-Headers": ALLOWED_HEADERS,
+                "Access-Control-Max-Age": "600",
+            }
+        )
+        return func.HttpResponse(status_code=204, headers=headers)
+
+
+def _same_origin(origin: str, req: func.HttpRequest) -> bool:
+    """Same host as the request: the page this app serves calling its own endpoint (the platform may
+    terminate TLS in front of the worker, so the scheme is not compared)."""
+    host = (req.headers.get("x-forwarded-host") or req.headers.get("host") or urlsplit(req.url).netloc).lower()
+    return urlsplit(origin).netloc.lower() == host

@@ -1,0 +1,109 @@
+"""Reads a `/connect` request in any of its three forms and refuses bad input before anything goes upstream.
+
+Forms: `multipart/form-data` (the original contract), a JSON object, or a raw `application/sdp` body with
+`voice`/`instructions` in the query string (what OpenAI-style clients send).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from email.message import Message
+
+import azure.functions as func
+from requests_toolbelt.multipart.decoder import ImproperBodyPartContentException, MultipartDecoder
+
+from .errors import ApiError
+from .settings import Limits, SessionPolicy
+
+FIELDS = ("sdp", "voice", "instructions")
+
+
+@dataclass(frozen=True)
+class Offer:
+    sdp: str
+    voice: str
+    instructions: str
+
+
+def read_offer(req: func.HttpRequest, policy: SessionPolicy, limits: Limits) -> Offer:
+    body = req.get_body() or b""
+    if len(body) > limits.max_body_bytes:
+        raise ApiError(413, "payload_too_large", f"The request body is larger than {limits.max_body_bytes} bytes.")
+    header = Message()
+    header["content-type"] = req.headers.get("content-type", "")
+    content_type = header.get_content_type()
+    if content_type == "multipart/form-data":
+        fields = _multipart_fields(body, header)
+    elif content_type == "application/json":
+        fields = _json_fields(body)
+    elif content_type == "application/sdp":
+        fields = {"sdp": _text(body), **{name: req.params.get(name, "") for name in ("voice", "instructions")}}
+    else:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "Send multipart/form-data (sdp, voice, instructions), application/json, or application/sdp.",
+        )
+    return _validated(fields, policy, limits)
+
+
+def _validated(fields: dict[str, str], policy: SessionPolicy, limits: Limits) -> Offer:
+    sdp = fields.get("sdp", "")
+    if not sdp.strip():
+        raise ApiError(400, "missing_sdp", "The request has no 'sdp' field with the browser's SDP offer.")
+    if len(sdp.encode("utf-8")) > limits.max_sdp_bytes:
+        raise ApiError(413, "payload_too_large", f"The SDP offer is larger than {limits.max_sdp_bytes} bytes.")
+    lines = sdp.lstrip().splitlines()
+    if not lines or lines[0].strip() != "v=0" or not any(line.startswith("m=audio") for line in lines):
+        raise ApiError(400, "invalid_sdp", "The 'sdp' field is not an SDP offer with an audio section (v=0 … m=audio).")
+    voice = fields.get("voice", "").strip().lower() or policy.default_voice
+    if voice not in policy.allowed_voices:
+        raise ApiError(
+            400, "voice_not_allowed", f"Voice '{voice[:40]}' is not allowed; choose one of: {', '.join(policy.allowed_voices)}."
+        )
+    instructions = fields.get("instructions", "").strip()
+    if len(instructions) > policy.max_instructions_chars:
+        raise ApiError(
+            400,
+            "instructions_too_long",
+            f"Instructions are limited to {policy.max_instructions_chars} characters; got {len(instructions)}.",
+        )
+    return Offer(sdp=sdp, voice=voice, instructions=instructions)
+
+
+def _multipart_fields(body: bytes, header: Message) -> dict[str, str]:
+    boundary = header.get_param("boundary")
+    if not isinstance(boundary, str) or not boundary or f"--{boundary}--".encode() not in body:
+        raise ApiError(400, "bad_request", "The multipart/form-data body is malformed (no boundary or no closing boundary).")
+    try:
+        parts = MultipartDecoder(body, header["content-type"]).parts
+    except ImproperBodyPartContentException:
+        raise ApiError(400, "bad_request", "The multipart/form-data body is malformed.") from None
+    fields: dict[str, str] = {}
+    for part in parts:
+        disposition = Message()
+        disposition["content-disposition"] = part.headers.get(b"Content-Disposition", b"").decode("latin-1")
+        name = disposition.get_param("name", header="content-disposition")
+        if isinstance(name, str) and name in FIELDS:
+            fields[name] = _text(part.content)
+    return fields
+
+
+def _json_fields(body: bytes) -> dict[str, str]:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise ApiError(400, "bad_request", "The JSON body could not be parsed.") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_request", "The JSON body must be an object with 'sdp', 'voice' and 'instructions'.")
+    for name in FIELDS:
+        if data.get(name) is not None and not isinstance(data[name], str):
+            raise ApiError(400, "bad_request", f"The JSON field '{name}' must be a string.")
+    return {name: data[name] for name in FIELDS if isinstance(data.get(name), str)}
+
+
+def _text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "bad_request", "Request fields must be UTF-8 text.") from None

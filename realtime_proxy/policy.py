@@ -1,0 +1,44 @@
+"""Turns the server's session policy plus a caller's choices into the `session` object sent upstream.
+
+The caller chooses a voice from the allowed list and, depending on the mode, adds to or replaces the
+server's instructions; everything else (model, transcription, turn detection, tools off) is the server's.
+"""
+from __future__ import annotations
+
+from .offer import Offer
+from .settings import SessionPolicy
+
+
+def effective_instructions(policy: SessionPolicy, caller: str) -> str:
+    if policy.instructions_mode == "ignore" or not caller:
+        return policy.instructions
+    if policy.instructions_mode == "replace":
+        return caller
+    return f"{policy.instructions}\n\n{caller}"
+
+
+def session_config(policy: SessionPolicy, deployment: str, offer: Offer) -> dict:
+    audio_input: dict = {"turn_detection": None if policy.turn_detection == "none" else {"type": policy.turn_detection}}
+    if policy.transcription_model:
+        audio_input["transcription"] = {"model": policy.transcription_model}
+    return {
+        "type": "realtime",
+        "model": deployment,
+        "instructions": effective_instructions(policy, offer.instructions),
+        "tools": [],
+        "audio": {"input": audio_input, "output": {"voice": offer.voice}},
+    }
+
+
+def public_config(policy: SessionPolicy, emulator: bool) -> dict:
+    """What a browser may know in order to offer choices: nothing secret, not the server's instructions."""
+    return {
+        "voices": list(policy.allowed_voices),
+        "defaultVoice": policy.default_voice,
+        "instructions": {
+            "editable": policy.instructions_mode != "ignore",
+            "mode": policy.instructions_mode,
+            "maxLength": policy.max_instructions_chars,
+        },
+        "emulator": emulator,
+    }

@@ -1,0 +1,183 @@
+"""App settings, read and validated once per process.
+
+A bad setting must not stop the app from starting (the page still serves), so problems are collected
+and `/connect` reports them as `not_configured`, naming the setting but never its value.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+VOICES: tuple[str, ...] = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
+INSTRUCTION_MODES: tuple[str, ...] = ("append", "replace", "ignore")
+TURN_DETECTION_TYPES: tuple[str, ...] = ("server_vad", "semantic_vad", "none")
+DEFAULT_INSTRUCTIONS = "You are a helpful, friendly voice assistant. Keep answers short and conversational."
+
+
+@dataclass(frozen=True)
+class SessionPolicy:
+    """What the server decides about every session, whatever the caller asks for."""
+
+    default_voice: str = "marin"
+    allowed_voices: tuple[str, ...] = VOICES
+    instructions: str = DEFAULT_INSTRUCTIONS
+    instructions_mode: str = "append"
+    max_instructions_chars: int = 4000
+    transcription_model: str | None = "whisper-1"
+    turn_detection: str = "server_vad"
+    secret_ttl_seconds: int = 600
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what a request may carry and how long a `/connect` may take."""
+
+    max_body_bytes: int = 64 * 1024
+    max_sdp_bytes: int = 32 * 1024
+    connect_timeout: float = 3.05
+    read_timeout: float = 10.0
+    deadline_seconds: float = 25.0
+    rate_limit_per_minute: float = 30.0
+    rate_limit_burst: int = 10
+
+
+@dataclass(frozen=True)
+class Settings:
+    resource_url: str | None = None
+    deployment: str = "gpt-realtime"
+    api_key: str | None = field(default=None, repr=False)
+    webrtc_filter: bool = False
+    allowed_origins: tuple[str, ...] = ()
+    emulator: bool = False
+    policy: SessionPolicy = SessionPolicy()
+    limits: Limits = Limits()
+    problems: tuple[str, ...] = ()
+
+    @property
+    def configured(self) -> bool:
+        return not self.problems
+
+    def endpoint(self, name: str) -> str:
+        return f"{self.resource_url}/openai/v1/realtime/{name}"
+
+
+def normalize_base_url(raw: str) -> str:
+    """Reduce every spelling users paste (`…/openai`, `…/openai/v1/`, trailing slash) to the bare resource URL."""
+    parts = urlsplit(raw.strip())
+    loopback = _is_loopback(parts.hostname)
+    if parts.scheme not in ("https", "http") or not parts.hostname or (parts.scheme == "http" and not loopback):
+        raise ValueError("must be an https:// URL such as https://my-resource.openai.azure.com")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError("must not carry a query, fragment or credentials")
+    path = parts.path.rstrip("/")
+    for suffix in ("/openai/v1", "/openai"):
+        if path.endswith(suffix):
+            path = path[: -len(suffix)]
+            break
+    return f"{parts.scheme}://{parts.netloc}{path}"
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
+
+
+class _Reader:
+    """Reads typed values from the environment, noting each bad one by name."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+
+    def text(self, name: str, default: str | None = None) -> str | None:
+        value = self.env.get(name, "").strip()
+        return value or default
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
+        if not low <= value <= high:
+            self.problems.append(f"{name} must be a number from {low:g} to {high:g}")
+            return default
+        return value
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = (self.text(name) or default).lower()
+        if value not in allowed:
+            self.problems.append(f"{name} must be one of: {', '.join(allowed)}")
+            return default
+        return value
+
+    def flag(self, name: str) -> bool:
+        return self.choice(name, "false", ("true", "false", "1", "0", "yes", "no")) in ("true", "1", "yes")
+
+    def items(self, name: str) -> tuple[str, ...]:
+        return tuple(item.strip() for item in (self.text(name) or "").split(",") if item.strip())
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    read = _Reader(os.environ if env is None else env)
+    resource_url = None
+    raw_url = read.text("AZURE_OPENAI_BASE_URL")
+    if raw_url is None:
+        read.problems.append("AZURE_OPENAI_BASE_URL is not set")
+    else:
+        try:
+            resource_url = normalize_base_url(raw_url)
+        except ValueError as exc:
+            read.problems.append(f"AZURE_OPENAI_BASE_URL {exc}")
+    return Settings(
+        resource_url=resource_url,
+        deployment=read.text("AZURE_OPENAI_DEPLOYMENT", "gpt-realtime") or "gpt-realtime",
+        api_key=read.text("AZURE_OPENAI_API_KEY"),
+        webrtc_filter=read.flag("REALTIME_WEBRTC_FILTER"),
+        allowed_origins=tuple(origin.rstrip("/").lower() for origin in read.items("ALLOWED_ORIGINS")),
+        emulator=read.flag("REALTIME_EMULATOR"),
+        policy=_read_policy(read),
+        limits=_read_limits(read),
+        problems=tuple(read.problems),
+    )
+
+
+def _read_policy(read: _Reader) -> SessionPolicy:
+    voices = tuple(v.lower() for v in read.items("REALTIME_ALLOWED_VOICES")) or VOICES
+    unknown = [v for v in voices if v not in VOICES]
+    if unknown:
+        read.problems.append(f"REALTIME_ALLOWED_VOICES may only name: {', '.join(VOICES)}")
+        voices = VOICES
+    default_voice = read.choice("REALTIME_DEFAULT_VOICE", "marin" if "marin" in voices else voices[0], voices)
+    transcription = read.text("REALTIME_TRANSCRIPTION_MODEL", "whisper-1")
+    return SessionPolicy(
+        default_voice=default_voice,
+        allowed_voices=voices,
+        instructions=read.text("REALTIME_INSTRUCTIONS", DEFAULT_INSTRUCTIONS) or DEFAULT_INSTRUCTIONS,
+        instructions_mode=read.choice("REALTIME_INSTRUCTIONS_MODE", "append", INSTRUCTION_MODES),
+        max_instructions_chars=int(read.number("REALTIME_MAX_INSTRUCTIONS_CHARS", 4000, 0, 32000)),
+        transcription_model=None if transcription and transcription.lower() == "none" else transcription,
+        turn_detection=read.choice("REALTIME_TURN_DETECTION", "server_vad", TURN_DETECTION_TYPES),
+        secret_ttl_seconds=int(read.number("REALTIME_SESSION_TTL_SECONDS", 600, 10, 7200)),
+    )
+
+
+def _read_limits(read: _Reader) -> Limits:
+    return Limits(
+        max_body_bytes=int(read.number("MAX_BODY_BYTES", 64 * 1024, 1024, 1024 * 1024)),
+        max_sdp_bytes=int(read.number("MAX_SDP_BYTES", 32 * 1024, 1024, 512 * 1024)),
+        connect_timeout=read.number("UPSTREAM_CONNECT_TIMEOUT_SECONDS", 3.05, 0.1, 10),
+        read_timeout=read.number("UPSTREAM_READ_TIMEOUT_SECONDS", 10.0, 0.1, 25),
+        deadline_seconds=read.number("CONNECT_DEADLINE_SECONDS", 25.0, 1, 28),
+        rate_limit_per_minute=read.number("RATE_LIMIT_PER_MINUTE", 30, 0, 100000),
+        rate_limit_burst=int(read.number("RATE_LIMIT_BURST", 10, 1, 100000)),
+    )

@@ -1,0 +1,84 @@
+"""Real local servers for every test: a fake Azure OpenAI and a managed-identity endpoint on loopback."""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+
+import azure.functions as func
+import pytest
+from requests_toolbelt import MultipartEncoder
+
+from localdev.fake_openai import FakeAzureOpenAI
+from realtime_proxy.service import RealtimeProxy
+from tests.identity_endpoint import IdentityEndpoint
+
+API_KEY = "test-key-5f2b9c0e8d7a41c3b6e0f9a2d4c8e1b7"
+OFFER = (
+    "v=0\r\no=- 7614219274584779017 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n"
+    "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendrecv\r\na=rtpmap:111 opus/48000/2\r\n"
+    "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\n"
+)
+CREDENTIAL_ENV = ("AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE",
+                  "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET", "AZURE_OPENAI_API_KEY")
+
+
+@pytest.fixture(autouse=True)
+def clean_credential_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No credential from the developer's own shell may leak into a test."""
+    for name in CREDENTIAL_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeAzureOpenAI]:
+    server = FakeAzureOpenAI(api_key=API_KEY)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def identity(fake: FakeAzureOpenAI, monkeypatch: pytest.MonkeyPatch) -> Iterator[IdentityEndpoint]:
+    endpoint = IdentityEndpoint(on_token=fake.accepted_tokens.add)
+    monkeypatch.setenv("IDENTITY_ENDPOINT", endpoint.url)
+    monkeypatch.setenv("IDENTITY_HEADER", endpoint.header)
+    yield endpoint
+    endpoint.close()
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG)
+    return caplog
+
+
+def make_proxy(fake: FakeAzureOpenAI, api_key: str | None = API_KEY, **env: str) -> RealtimeProxy:
+    settings = {"AZURE_OPENAI_BASE_URL": fake.url, **env}
+    if api_key:
+        settings["AZURE_OPENAI_API_KEY"] = api_key
+    return RealtimeProxy.from_environ(settings)
+
+
+def multipart(fields: dict[str, str]) -> tuple[bytes, str]:
+    encoder = MultipartEncoder(fields=fields)
+    return encoder.to_string(), encoder.content_type
+
+
+def request(
+    body: bytes = b"", content_type: str | None = None, method: str = "POST", url: str = "http://localhost:7071/connect",
+    headers: dict[str, str] | None = None, params: dict[str, str] | None = None, route_params: dict[str, str] | None = None,
+) -> func.HttpRequest:
+    all_headers = {"host": "localhost:7071", **(headers or {})}
+    if content_type:
+        all_headers["content-type"] = content_type
+    return func.HttpRequest(method, url, headers=all_headers, params=params or {}, route_params=route_params or {}, body=body)
+
+
+def offer_request(fields: dict[str, str] | None = None, **kwargs) -> func.HttpRequest:
+    body, content_type = multipart({"sdp": OFFER, **(fields or {})})
+    return request(body, content_type, **kwargs)
+
+
+def error_of(response: func.HttpResponse) -> dict[str, str]:
+    assert response.mimetype == "application/json", response.get_body()
+    return json.loads(response.get_body())["error"]
