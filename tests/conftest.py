@@ -82,3 +82,53 @@ def offer_request(fields: dict[str, str] | None = None, **kwargs) -> func.HttpRe
 def error_of(response: func.HttpResponse) -> dict[str, str]:
     assert response.mimetype == "application/json", response.get_body()
     return json.loads(response.get_body())["error"]
+
+
+class LocalHost:
+    """`python -m localdev` in its own process: the real function_app.py, served over HTTP like `func start`."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        import os
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        full_env = {k: v for k, v in os.environ.items() if k not in CREDENTIAL_ENV and not k.startswith(("AZURE_", "REALTIME_"))}
+        full_env.update(env)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "localdev", "--port", "0"],
+            cwd=Path(__file__).resolve().parent.parent,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.output: list[str] = []
+        for line in self.process.stdout:  # type: ignore[union-attr]
+            self.output.append(line)
+            if line.startswith("Serving on "):
+                self.url = line.split()[-1].rstrip("/")
+                break
+        else:
+            raise RuntimeError("local host did not start:\n" + "".join(self.output))
+        import threading
+
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        for line in self.process.stdout:  # type: ignore[union-attr]
+            self.output.append(line)
+
+    def log(self) -> str:
+        return "".join(self.output)
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def live(fake: FakeAzureOpenAI) -> Iterator[LocalHost]:
+    host = LocalHost({"AZURE_OPENAI_BASE_URL": fake.url + "/openai", "AZURE_OPENAI_API_KEY": API_KEY})
+    yield host
+    host.close()

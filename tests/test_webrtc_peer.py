@@ -1,0 +1,295 @@
+"""The emulated realtime peer, driven like a browser would drive Azure: a real aiortc client over loopback sockets.
+
+Each test runs the client on its own asyncio loop in the test thread while PeerHost runs on its loop thread.
+Waits poll for the expected event with a timeout instead of sleeping a fixed time.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import json
+import math
+import re
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+
+import av
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
+
+from localdev.webrtc_peer import SPEECH_LEVEL, PeerHost
+
+TIMEOUT = 5.0
+QUIET = 0.01  # peak level of "silence" after Opus round trips
+LOUD = 0.15  # the peer's tone is ~0.3 peak
+
+
+def peak(frame: av.AudioFrame) -> float:
+    samples = array.array("h", bytes(frame.planes[0]))[: frame.samples * len(frame.layout.channels)]
+    return max(max(samples), -min(samples)) / 32768
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+class Microphone(AudioStreamTrack):
+    """A fake microphone the test switches between a 440 Hz tone (speech to the VAD) and silence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.speaking = False
+
+    async def recv(self) -> av.AudioFrame:
+        frame = await super().recv()  # paced silence
+        if self.speaking:
+            step = 2 * math.pi * 440 / frame.sample_rate
+            tone = array.array("h", (int(16000 * math.sin(step * (frame.pts + i))) for i in range(frame.samples)))
+            frame.planes[0].update(tone.tobytes())
+        return frame
+
+
+class Browser:
+    """The browser's side of a call: microphone, `oai-events` channel, events received and speaker levels."""
+
+    def __init__(self) -> None:
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.mic = Microphone()
+        self.pc.addTrack(self.mic)
+        self.channel = self.pc.createDataChannel("oai-events")
+        self.channel.on("message", self._on_message)
+        self.pc.on("track", self._on_track)
+        self.events: list[dict] = []
+        self.received_at: list[float] = []
+        self.levels: list[tuple[float, float]] = []  # (arrival time, peak) of each speaker frame
+        self._cursor = 0
+        self._speaker: asyncio.Task | None = None
+
+    @classmethod
+    async def call(cls, host: PeerHost, session: dict, extra_candidates: list[str] = []) -> Browser:
+        browser = cls()
+        await browser.pc.setLocalDescription(await browser.pc.createOffer())
+        offer = browser.pc.localDescription.sdp.replace("a=end-of-candidates", "\r\n".join(extra_candidates + ["a=end-of-candidates"]))
+        answer = await asyncio.to_thread(host.answer, offer, session)
+        await browser.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        return browser
+
+    def _on_message(self, message: str) -> None:
+        self.events.append(json.loads(message))
+        self.received_at.append(time.monotonic())
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        self._speaker = asyncio.ensure_future(self._listen(track))
+
+    async def _listen(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            self.levels.append((time.monotonic(), peak(frame)))
+
+    def send(self, event: dict | str) -> None:
+        self.channel.send(event if isinstance(event, str) else json.dumps(event))
+
+    async def expect(self, event_type: str, timeout: float = TIMEOUT) -> dict:
+        """The next event of this type after the previous expected one, so sequences are checked in order."""
+
+        def found() -> bool:
+            return any(e["type"] == event_type for e in self.events[self._cursor :])
+
+        await until(found, f"{event_type} (after {[e['type'] for e in self.events[:self._cursor]][-3:]})", timeout)
+        index = next(i for i in range(self._cursor, len(self.events)) if self.events[i]["type"] == event_type)
+        self._cursor = index + 1
+        self.at = self.received_at[index]
+        return self.events[index]
+
+    def skipped(self, since: int) -> list[str]:
+        """Types of the events passed over between cursor position `since` and now."""
+        return [e["type"] for e in self.events[since : self._cursor]]
+
+    def loudest(self, start: float, end: float = math.inf) -> float:
+        return max((level for t, level in self.levels if start <= t <= end), default=0.0)
+
+    async def hear_silence_after(self, moment: float, timeout: float = 1.0) -> None:
+        await until(lambda: any(t > moment and lvl < QUIET for t, lvl in self.levels), "silence", timeout)
+
+    async def hang_up(self) -> None:
+        await self.pc.close()
+        if self._speaker is not None:
+            await self._speaker
+
+
+def run_call(host: PeerHost, session: dict, scenario: Callable[[Browser], Awaitable[None]], **kwargs: list[str]) -> None:
+    async def main() -> None:
+        browser = await Browser.call(host, session, **kwargs)
+        try:
+            await scenario(browser)
+        finally:
+            await browser.hang_up()
+
+    asyncio.run(main())
+
+
+@pytest.fixture
+def host() -> Iterator[PeerHost]:
+    peer_host = PeerHost()
+    yield peer_host
+    peer_host.close()
+
+
+def test_typed_message_gets_a_streamed_spoken_reply_that_can_be_cancelled(host: PeerHost) -> None:
+    session = {"type": "realtime", "model": "my-realtime", "instructions": "Be brief.", "audio": {"output": {"voice": "marin"}}}
+    lan_and_mdns = [
+        "a=candidate:9 1 udp 2122260223 192.0.2.2 50000 typ host",
+        "a=candidate:8 1 udp 2122260223 0f3c2a9e-1111-4c4c-9b9b-123456789abc.local 50001 typ host",
+    ]
+
+    async def scenario(browser: Browser) -> None:
+        created = (await browser.expect("session.created"))["session"]
+        assert created["id"].startswith("sess_") and created["type"] == "realtime"
+        assert (created["model"], created["instructions"], created["audio"]["output"]["voice"]) == ("my-realtime", "Be brief.", "marin")
+        peer = host.peers[-1]
+        assert peer.call_id.startswith("rtc_") and peer.channel_open
+        applied = [line for line in peer._pc.remoteDescription.sdp.splitlines() if line.startswith("a=candidate:")]
+        assert applied and all(" 127.0.0.1 " in line for line in applied), "LAN and mDNS candidates must be dropped"
+
+        browser.send({"type": "session.update", "session": {"type": "realtime", "instructions": "Be terse."}})
+        updated = (await browser.expect("session.updated"))["session"]
+        assert (updated["instructions"], updated["audio"]["output"]["voice"], updated["id"]) == ("Be terse.", "marin", created["id"])
+
+        await until(lambda: len(browser.levels) >= 25, "0.5 s of speaker audio")
+        assert browser.loudest(0) < QUIET, "the speaker must be silent before the assistant speaks"
+
+        browser.send({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello emulator"}]}})
+        added = (await browser.expect("conversation.item.added"))["item"]
+        assert added["id"] and added["role"] == "user"
+        assert (await browser.expect("conversation.item.done"))["item"]["id"] == added["id"]
+
+        browser.send({"type": "response.create"})
+        response_id = (await browser.expect("response.created"))["response"]["id"]
+        assert (await browser.expect("conversation.item.added"))["item"]["role"] == "assistant"
+        await browser.expect("output_audio_buffer.started")
+        started_at, deltas_from = browser.at, browser._cursor
+        done = await browser.expect("response.output_audio_transcript.done")
+        deltas = [e for e in browser.events[deltas_from : browser._cursor] if e["type"] == "response.output_audio_transcript.delta"]
+        assert len(deltas) > 5 and all(d["response_id"] == response_id and d["item_id"] == done["item_id"] for d in deltas)
+        assert "".join(d["delta"] for d in deltas) == done["transcript"] == "You said: Hello emulator. This is the local emulator, not Azure."
+        await browser.expect("output_audio_buffer.stopped")
+        stopped_at = browser.at
+        finished = (await browser.expect("response.done"))["response"]
+        assert finished["status"] == "completed" and finished["usage"]["output_tokens"] > 0
+        assert 2.5 < stopped_at - started_at < 4.5
+        assert browser.loudest(started_at, stopped_at) > LOUD, "the reply must be audible"
+        await browser.hear_silence_after(stopped_at)
+
+        browser.send({"type": "response.create"})
+        await browser.expect("output_audio_buffer.started")
+        await until(lambda: browser.loudest(browser.at) > LOUD, "the second reply to be audible")
+        cancel_from = browser._cursor
+        browser.send({"type": "response.cancel"})
+        await browser.expect("output_audio_buffer.stopped", timeout=1.0)
+        assert (await browser.expect("response.done", timeout=1.0))["response"]["status"] == "cancelled"
+        assert "response.output_audio_transcript.done" not in browser.skipped(cancel_from)
+        await browser.hear_silence_after(browser.at)
+
+        browser.send({"type": "response.cancel", "event_id": "evt_again"})
+        error = (await browser.expect("error"))["error"]
+        assert (error["code"], error["event_id"]) == ("response_cancel_not_active", "evt_again")
+
+    run_call(host, session, scenario, extra_candidates=lan_and_mdns)
+
+
+def test_voice_turns_are_detected_answered_and_interruptible(host: PeerHost) -> None:
+    async def scenario(browser: Browser) -> None:
+        await browser.expect("session.created")
+        peer = host.peers[-1]
+
+        browser.mic.speaking = True
+        speech = await browser.expect("input_audio_buffer.speech_started")
+        assert peer.mic_frames > 0 and peer.mic_peak > SPEECH_LEVEL
+        browser.mic.speaking = False
+        assert (await browser.expect("input_audio_buffer.speech_stopped"))["item_id"] == speech["item_id"]
+        assert (await browser.expect("input_audio_buffer.committed"))["item_id"] == speech["item_id"]
+        user_item = (await browser.expect("conversation.item.added"))["item"]
+        assert (user_item["id"], user_item["role"]) == (speech["item_id"], "user")
+        transcript = (await browser.expect("conversation.item.input_audio_transcription.completed"))["transcript"]
+        assert re.fullmatch(r"\(emulator heard \d+\.\d s of speech\)", transcript)
+        await browser.expect("response.created")
+        await browser.expect("output_audio_buffer.started")
+        words = [(await browser.expect("response.output_audio_transcript.delta"))["delta"] for _ in range(3)]
+        assert "".join(words) == "I heard you."
+
+        browser.mic.speaking = True  # barge in
+        await browser.expect("input_audio_buffer.speech_started")
+        await browser.expect("output_audio_buffer.stopped")
+        assert (await browser.expect("response.done"))["response"]["status"] == "cancelled"
+        browser.mic.speaking = False
+        await browser.expect("input_audio_buffer.speech_stopped")
+        await browser.expect("response.created")  # the interruption is a new turn
+
+        await browser.hang_up()
+        await until(lambda: peer.closed and not peer.channel_open, "the peer to notice the hang-up")
+
+    run_call(host, {"type": "realtime", "model": "gpt-realtime"}, scenario)
+
+
+def test_manual_turns_commit_without_vad(host: PeerHost) -> None:
+    session = {"type": "realtime", "model": "gpt-realtime", "audio": {"input": {"turn_detection": None}}}
+
+    async def scenario(browser: Browser) -> None:
+        await browser.expect("session.created")
+        peer = host.peers[-1]
+        browser.send({"type": "input_audio_buffer.commit"})
+        assert (await browser.expect("error"))["error"]["code"] == "input_audio_buffer_commit_empty"
+        browser.mic.speaking = True
+        await until(lambda: peer.mic_peak > SPEECH_LEVEL and peer.mic_frames > 25, "0.5 s of microphone tone")
+        browser.send({"type": "input_audio_buffer.commit"})
+        item_id = (await browser.expect("input_audio_buffer.committed"))["item_id"]
+        assert (await browser.expect("conversation.item.input_audio_transcription.completed"))["item_id"] == item_id
+        assert not any(e["type"].startswith("input_audio_buffer.speech_") for e in browser.events)
+
+    run_call(host, session, scenario)
+
+
+def test_bad_events_injected_errors_and_close(host: PeerHost, caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario(browser: Browser) -> None:
+        await browser.expect("session.created")
+        peer = host.peers[-1]
+
+        browser.send("{not json")
+        assert (await browser.expect("error"))["error"]["code"] == "invalid_json"
+        browser.send({"type": "bogus.event", "event_id": "evt_1"})
+        error = (await browser.expect("error"))["error"]
+        assert (error["type"], error["code"], error["event_id"]) == ("invalid_request_error", "unknown_event", "evt_1")
+        assert [e["type"] for e in peer.events_received] == ["bogus.event"]
+
+        await asyncio.to_thread(host.inject_error, "rate_limit_exceeded", "Injected by the test")
+        error = (await browser.expect("error"))["error"]
+        assert (error["code"], error["message"]) == ("rate_limit_exceeded", "Injected by the test")
+
+        browser.send({"type": "response.create"})
+        await browser.expect("output_audio_buffer.started")  # close mid-reply: tasks must still wind down
+        await asyncio.to_thread(host.close)
+        assert peer.closed and not peer.channel_open
+        await until(lambda: browser.channel.readyState == "closed", "the browser to see the channel close")
+
+    run_call(host, {"type": "realtime", "model": "gpt-realtime"}, scenario)
+    assert not any(t.name == "peer-host" for t in threading.enumerate())
+    with pytest.raises(RuntimeError):
+        host.answer("v=0\r\n", {})
+    assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")], caplog.text
+
+
+@pytest.mark.parametrize("offer", ["", "hello", "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"])
+def test_unusable_offer_is_a_value_error(host: PeerHost, offer: str) -> None:
+    with pytest.raises(ValueError):
+        host.answer(offer, {"type": "realtime"})
+    assert host.peers == []
