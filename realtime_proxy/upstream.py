@@ -57,9 +57,16 @@ class Deadline:
 
 
 def pooled_session(pool_size: int | None = None) -> requests.Session:
-    """Sized to the Functions worker thread pool so concurrent connects never wait for a socket."""
+    """Sized to the Functions worker thread pool so concurrent connects never wait for a socket.
+
+    Proxy and CA-bundle environment settings are read once here rather than on every request
+    (requests scans the whole environment per call when `trust_env` is on).
+    """
     size = pool_size or int(os.environ.get("PYTHON_THREADPOOL_THREAD_COUNT") or min(32, (os.cpu_count() or 1) + 4))
     session = requests.Session()
+    session.proxies = requests.utils.get_environ_proxies("https://openai.azure.com")
+    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    session.trust_env = False
     session.mount("https://", HTTPAdapter(pool_connections=1, pool_maxsize=size, max_retries=0))
     session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=size, max_retries=0))
     session.headers["User-Agent"] = "azure-functions-realtime-proxy/1.0"
@@ -111,9 +118,10 @@ class Upstream:
         )
         if not 200 <= response.status_code < 300:
             raise self._failure(response, "calls", [{"key": ephemeral_key}])
-        if not response.text.lstrip().startswith("v=0"):
+        answer = response.content.decode("utf-8", "replace")
+        if not answer.lstrip().startswith("v=0"):
             raise ApiError(502, "upstream_error", "Azure OpenAI answered the offer without an SDP answer.")
-        return Call(response.text, response.headers.get("Location"))
+        return Call(answer, response.headers.get("Location"))
 
     def _can_retry(self, deadline: Deadline) -> bool:
         if deadline.remaining() < _RETRY_BACKOFF_SECONDS + self.settings.limits.connect_timeout:
