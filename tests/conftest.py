@@ -11,6 +11,7 @@ from requests_toolbelt import MultipartEncoder
 
 from localdev.fake_openai import FakeAzureOpenAI
 from realtime_proxy.service import RealtimeProxy
+from tests.contract import check
 from tests.identity_endpoint import IdentityEndpoint
 
 API_KEY = "test-key-5f2b9c0e8d7a41c3b6e0f9a2d4c8e1b7"
@@ -79,8 +80,11 @@ def offer_request(fields: dict[str, str] | None = None, **kwargs) -> func.HttpRe
     return request(body, content_type, **kwargs)
 
 
-def error_of(response: func.HttpResponse) -> dict[str, str]:
+def error_of(response: func.HttpResponse, path: str | None = "/connect", method: str = "POST") -> dict[str, str]:
+    """The error object of a refusal, after checking the response against openapi.json."""
     assert response.mimetype == "application/json", response.get_body()
+    if path:
+        check(path, method, response.status_code, response.mimetype, response.get_body())
     return json.loads(response.get_body())["error"]
 
 

@@ -44,7 +44,7 @@ def test_preflight(fake) -> None:
     assert ok.status_code == 204
     assert ok.headers["Access-Control-Allow-Origin"] == APP and "POST" in ok.headers["Access-Control-Allow-Methods"]
     refused = proxy.connect.preflight(request(method="OPTIONS", headers={"origin": "https://evil.example"}))
-    assert (refused.status_code, error_of(refused)["code"]) == (403, "origin_not_allowed")
+    assert (refused.status_code, error_of(refused, method="OPTIONS")["code"]) == (403, "origin_not_allowed")
     assert fake.requests == []
 
 
