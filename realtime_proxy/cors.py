@@ -27,11 +27,12 @@ class OriginPolicy:
             return {"Vary": "Origin"}
         if self.any or origin.rstrip("/").lower() in self.allowed:
             return {"Access-Control-Allow-Origin": origin, "Access-Control-Expose-Headers": EXPOSED, "Vary": "Origin"}
+        # The refusal itself is readable by the refused page, so it can tell its user why; it grants nothing.
         raise ApiError(
             403,
             "origin_not_allowed",
             f"Origin {origin[:100]} may not call this endpoint; add it to the ALLOWED_ORIGINS app setting.",
-            {"Vary": "Origin"},
+            {"Access-Control-Allow-Origin": origin, "Vary": "Origin"},
         )
 
     def preflight(self, req: func.HttpRequest) -> func.HttpResponse:

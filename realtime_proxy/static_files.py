@@ -47,6 +47,8 @@ class StaticFiles:
             "ETag": etag,
             "Cache-Control": "no-cache",
             "X-Content-Type-Options": "nosniff",
+            # Public files: other origins import realtime-session.js / realtime-voice.js as ES modules.
+            "Access-Control-Allow-Origin": "*",
         }
         if etag in (tag.strip() for tag in req.headers.get("if-none-match", "").split(",")):
             return func.HttpResponse(status_code=304, headers=headers)

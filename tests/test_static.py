@@ -24,6 +24,7 @@ def test_assets_are_served_with_their_content_type(fake, path: str, content_type
     assert response.status_code == 200
     assert response.headers["Content-Type"] == content_type
     assert response.headers["Cache-Control"] == "no-cache" and response.headers["ETag"]
+    assert response.headers["Access-Control-Allow-Origin"] == "*", "other origins import the modules"
     assert response.get_body()
 
 
