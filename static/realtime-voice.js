@@ -1,0 +1,156 @@
+// <realtime-voice endpoint="https://app.example/connect" voice="marin" instructions="…">: a drop-in voice chat
+// built on realtime-session.js. It re-dispatches the session's events (status, event, sent, transcript, error) on
+// itself; they do not bubble, so a generic window "error" handler never mistakes them for script errors.
+
+import { connect } from "./realtime-session.js";
+import { renderTranscript, showError, showStatus } from "./realtime-view.js";
+
+const template = document.createElement("template");
+template.innerHTML = `
+<style>
+  :host {
+    --rv-accent: #0b5cad;
+    --rv-accent-text: #fff;
+    --rv-border: #6b7280;
+    --rv-error: #a4001d;
+    --rv-focus: #c2410c;
+    --rv-pressed: #b45309;
+    display: block;
+    max-width: 40rem;
+    padding: 1rem;
+    border: 1px solid var(--rv-border);
+    border-radius: 0.5rem;
+    font: inherit;
+    color: inherit;
+  }
+  :host([hidden]) { display: none; }
+  .bar { display: flex; flex-wrap: wrap; align-items: center; gap: 0.5rem; }
+  button {
+    min-height: 2.75rem;
+    padding: 0.5rem 1rem;
+    border: 1px solid var(--rv-accent);
+    border-radius: 0.375rem;
+    background: transparent;
+    color: inherit;
+    font: inherit;
+    cursor: pointer;
+  }
+  .toggle { background: var(--rv-accent); color: var(--rv-accent-text); }
+  button[aria-pressed="true"] { background: var(--rv-pressed); border-color: var(--rv-pressed); color: #fff; }
+  button:disabled { opacity: 0.55; cursor: not-allowed; }
+  button:focus-visible { outline: 3px solid var(--rv-focus); outline-offset: 2px; }
+  .status { font-weight: 600; }
+  .error { margin: 0.75rem 0 0; color: var(--rv-error); }
+  .error[hidden], .error-hint[hidden] { display: none; }
+  .error-code { font-weight: 700; }
+  .transcript { max-height: 16rem; overflow-y: auto; margin-top: 0.75rem; }
+  .transcript:focus-visible { outline: 3px solid var(--rv-focus); }
+  .line { margin: 0.25rem 0; }
+  .speaker { font-weight: 600; }
+  .line[aria-busy="true"] .said { opacity: 0.75; }
+  .sr-only { position: absolute; width: 1px; height: 1px; overflow: hidden; clip-path: inset(50%); white-space: nowrap; }
+</style>
+<div class="bar">
+  <button type="button" class="toggle" part="button toggle">Start conversation</button>
+  <button type="button" class="mute" part="button mute" aria-pressed="false" disabled>Mute microphone</button>
+  <span><span class="sr-only">Status: </span><span class="status" part="status" role="status" aria-live="polite"></span></span>
+</div>
+<p class="error" part="error" role="alert" hidden>
+  <span class="error-code"></span>: <span class="error-message"></span> <span class="error-hint"></span>
+</p>
+<div class="transcript" part="transcript" role="log" aria-live="polite" aria-label="Conversation transcript" tabindex="0"></div>
+<audio autoplay></audio>
+`;
+
+const TOGGLE_LABELS = { idle: "Start conversation", connecting: "Cancel", live: "End conversation" };
+
+export class RealtimeVoiceElement extends HTMLElement {
+  #session = null;
+  #abort = null;
+  #ui;
+
+  constructor() {
+    super();
+    const root = this.attachShadow({ mode: "open" });
+    root.append(template.content.cloneNode(true));
+    const find = (selector) => root.querySelector(selector);
+    this.#ui = {
+      toggle: find(".toggle"), mute: find(".mute"), status: find(".status"),
+      error: find(".error"), transcript: find(".transcript"), audio: find("audio"),
+    };
+    showStatus(this.#ui.status, "idle");
+    this.#ui.toggle.addEventListener("click", () => (this.#abort ? this.stop() : this.start()));
+    this.#ui.mute.addEventListener("click", () => {
+      this.#session?.mute(!this.#session.muted);
+      this.#ui.mute.setAttribute("aria-pressed", String(Boolean(this.#session?.muted)));
+    });
+  }
+
+  /** The live session (for diagnostics), or null. */
+  get session() { return this.#session; }
+
+  async start() {
+    if (this.#abort) return;
+    const abort = (this.#abort = new AbortController());
+    showError(this.#ui.error, null);
+    this.#setPhase("connecting");
+    try {
+      const session = await connect({
+        endpoint: this.getAttribute("endpoint") || "/connect",
+        voice: this.getAttribute("voice") || undefined,
+        instructions: this.getAttribute("instructions") || undefined,
+        audioElement: this.#ui.audio,
+        signal: abort.signal,
+        onStatus: (status) => this.#onStatus(status),
+        onEvent: (event) => this.#emit("event", event),
+      });
+      if (session.status === "disconnected") return this.#reset(); // stopped while the last step finished
+      this.#session = session;
+      session.addEventListener("transcript", ({ detail }) => renderTranscript(this.#ui.transcript, detail));
+      session.addEventListener("error", ({ detail }) => showError(this.#ui.error, detail));
+      for (const type of ["transcript", "error", "sent"]) {
+        session.addEventListener(type, ({ detail }) => this.#emit(type, detail));
+      }
+      this.#setPhase("live");
+    } catch (error) {
+      if (error?.name !== "AbortError") {
+        const { code = "error", message = String(error), hint, status } = error ?? {};
+        showError(this.#ui.error, { code, message, hint });
+        this.#emit("error", { code, message, hint, status });
+      }
+      this.#reset();
+    }
+  }
+
+  stop() {
+    this.#abort?.abort(); // cancels a connect in progress, or closes the session
+  }
+
+  disconnectedCallback() {
+    this.stop();
+  }
+
+  #onStatus(status) {
+    showStatus(this.#ui.status, status);
+    this.#emit("status", status);
+    if (status === "disconnected" && this.#session) this.#reset();
+  }
+
+  #reset() {
+    this.#session = null;
+    this.#abort = null;
+    this.#setPhase("idle");
+  }
+
+  #setPhase(phase) {
+    this.#ui.toggle.textContent = TOGGLE_LABELS[phase];
+    this.#ui.mute.disabled = phase !== "live";
+    if (phase !== "live") this.#ui.mute.setAttribute("aria-pressed", "false");
+  }
+
+  #emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}
+
+if (!customElements.get("realtime-voice")) customElements.define("realtime-voice", RealtimeVoiceElement);
