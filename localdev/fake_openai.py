@@ -22,7 +22,7 @@ SESSION_KEYS = {"type", "model", "instructions", "output_modalities", "audio", "
                 "max_output_tokens", "tracing", "truncation", "prompt", "include"}
 AUDIO_INPUT_KEYS = {"format", "transcription", "turn_detection", "noise_reduction"}
 AUDIO_OUTPUT_KEYS = {"format", "voice", "speed"}
-Answerer = Callable[[str, dict], str]
+Answerer = Callable[[str, dict, str], str]  # (offer, session, call id) -> answer SDP
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Recorded:
     query: dict[str, list[str]]
 
 
-def canned_answer(offer: str, session: dict) -> str:
+def canned_answer(offer: str, session: dict, call_id: str) -> str:
     """A well-formed SDP answer for tests that exercise HTTP only."""
     return (
         "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n"
@@ -205,11 +205,11 @@ class FakeAzureOpenAI:
         offer = body.decode("utf-8", "replace")
         if not offer.startswith("v=0") or "m=audio" not in offer:
             raise ServiceError(400, "invalid_offer", "The SDP offer is invalid.")
+        call_id = "rtc_" + secrets.token_hex(12)
         try:
-            answer = self.answerer(offer, secret["session"])
+            answer = self.answerer(offer, secret["session"], call_id)
         except ValueError as exc:
             raise ServiceError(400, "invalid_offer", f"The SDP offer could not be applied: {exc}") from None
-        call_id = "rtc_" + secrets.token_hex(12)
         return 201, {"Content-Type": "application/sdp", "Location": f"/v1/realtime/calls/{call_id}"}, answer.encode()
 
 

@@ -20,6 +20,7 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
 
+from localdev import webrtc_peer
 from localdev.webrtc_peer import SPEECH_LEVEL, PeerHost
 
 TIMEOUT = 5.0
@@ -69,14 +70,17 @@ class Browser:
         self.events: list[dict] = []
         self.received_at: list[float] = []
         self.levels: list[tuple[float, float]] = []  # (arrival time, peak) of each speaker frame
-        self._cursor = 0
+        self.cursor = 0  # index after the last event `expect` returned
+        self.at = 0.0  # when that event arrived
         self._speaker: asyncio.Task | None = None
 
     @classmethod
-    async def call(cls, host: PeerHost, session: dict, extra_candidates: list[str] = []) -> Browser:
+    async def call(cls, host: PeerHost, session: dict, extra_candidates: tuple[str, ...] = ()) -> Browser:
+        """Offer, get the answer from the host as fake_openai would, apply it."""
         browser = cls()
         await browser.pc.setLocalDescription(await browser.pc.createOffer())
-        offer = browser.pc.localDescription.sdp.replace("a=end-of-candidates", "\r\n".join(extra_candidates + ["a=end-of-candidates"]))
+        end = "a=end-of-candidates"
+        offer = browser.pc.localDescription.sdp.replace(end, "\r\n".join([*extra_candidates, end]))
         answer = await asyncio.to_thread(host.answer, offer, session)
         await browser.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         return browser
@@ -103,17 +107,21 @@ class Browser:
         """The next event of this type after the previous expected one, so sequences are checked in order."""
 
         def found() -> bool:
-            return any(e["type"] == event_type for e in self.events[self._cursor :])
+            return any(e["type"] == event_type for e in self.events[self.cursor :])
 
-        await until(found, f"{event_type} (after {[e['type'] for e in self.events[:self._cursor]][-3:]})", timeout)
-        index = next(i for i in range(self._cursor, len(self.events)) if self.events[i]["type"] == event_type)
-        self._cursor = index + 1
+        await until(found, f"{event_type} after {self.skipped(0)[-3:]}", timeout)
+        index = next(i for i in range(self.cursor, len(self.events)) if self.events[i]["type"] == event_type)
+        self.cursor = index + 1
         self.at = self.received_at[index]
         return self.events[index]
 
     def skipped(self, since: int) -> list[str]:
         """Types of the events passed over between cursor position `since` and now."""
-        return [e["type"] for e in self.events[since : self._cursor]]
+        return [e["type"] for e in self.events[since : self.cursor]]
+
+    def passed(self, since: int, event_type: str) -> list[dict]:
+        """The events of one type passed over between cursor position `since` and now."""
+        return [e for e in self.events[since : self.cursor] if e["type"] == event_type]
 
     def loudest(self, start: float, end: float = math.inf) -> float:
         return max((level for t, level in self.levels if start <= t <= end), default=0.0)
@@ -127,9 +135,14 @@ class Browser:
             await self._speaker
 
 
-def run_call(host: PeerHost, session: dict, scenario: Callable[[Browser], Awaitable[None]], **kwargs: list[str]) -> None:
+def run_call(
+    host: PeerHost,
+    session: dict,
+    scenario: Callable[[Browser], Awaitable[None]],
+    extra_candidates: tuple[str, ...] = (),
+) -> None:
     async def main() -> None:
-        browser = await Browser.call(host, session, **kwargs)
+        browser = await Browser.call(host, session, extra_candidates)
         try:
             await scenario(browser)
         finally:
@@ -146,16 +159,18 @@ def host() -> Iterator[PeerHost]:
 
 
 def test_typed_message_gets_a_streamed_spoken_reply_that_can_be_cancelled(host: PeerHost) -> None:
-    session = {"type": "realtime", "model": "my-realtime", "instructions": "Be brief.", "audio": {"output": {"voice": "marin"}}}
-    lan_and_mdns = [
+    voice = {"output": {"voice": "marin"}}
+    session = {"type": "realtime", "model": "my-realtime", "instructions": "Be brief.", "audio": voice}
+    lan_and_mdns = (  # as Chromium offers them; the peer must not use them
         "a=candidate:9 1 udp 2122260223 192.0.2.2 50000 typ host",
         "a=candidate:8 1 udp 2122260223 0f3c2a9e-1111-4c4c-9b9b-123456789abc.local 50001 typ host",
-    ]
+    )
 
     async def scenario(browser: Browser) -> None:
         created = (await browser.expect("session.created"))["session"]
         assert created["id"].startswith("sess_") and created["type"] == "realtime"
-        assert (created["model"], created["instructions"], created["audio"]["output"]["voice"]) == ("my-realtime", "Be brief.", "marin")
+        assert (created["model"], created["instructions"]) == ("my-realtime", "Be brief.")
+        assert created["audio"]["output"]["voice"] == "marin"
         peer = host.peers[-1]
         assert peer.call_id.startswith("rtc_") and peer.channel_open
         applied = [line for line in peer._pc.remoteDescription.sdp.splitlines() if line.startswith("a=candidate:")]
@@ -163,12 +178,16 @@ def test_typed_message_gets_a_streamed_spoken_reply_that_can_be_cancelled(host: 
 
         browser.send({"type": "session.update", "session": {"type": "realtime", "instructions": "Be terse."}})
         updated = (await browser.expect("session.updated"))["session"]
-        assert (updated["instructions"], updated["audio"]["output"]["voice"], updated["id"]) == ("Be terse.", "marin", created["id"])
+        assert (updated["id"], updated["instructions"]) == (created["id"], "Be terse.")
+        assert updated["audio"]["output"]["voice"] == "marin", "session.update merges, it does not replace"
 
         await until(lambda: len(browser.levels) >= 25, "0.5 s of speaker audio")
         assert browser.loudest(0) < QUIET, "the speaker must be silent before the assistant speaks"
 
-        browser.send({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello emulator"}]}})
+        text = {"type": "input_text", "text": "Hello emulator"}
+        browser.send(
+            {"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [text]}}
+        )
         added = (await browser.expect("conversation.item.added"))["item"]
         assert added["id"] and added["role"] == "user"
         assert (await browser.expect("conversation.item.done"))["item"]["id"] == added["id"]
@@ -177,11 +196,13 @@ def test_typed_message_gets_a_streamed_spoken_reply_that_can_be_cancelled(host: 
         response_id = (await browser.expect("response.created"))["response"]["id"]
         assert (await browser.expect("conversation.item.added"))["item"]["role"] == "assistant"
         await browser.expect("output_audio_buffer.started")
-        started_at, deltas_from = browser.at, browser._cursor
+        started_at, deltas_from = browser.at, browser.cursor
         done = await browser.expect("response.output_audio_transcript.done")
-        deltas = [e for e in browser.events[deltas_from : browser._cursor] if e["type"] == "response.output_audio_transcript.delta"]
-        assert len(deltas) > 5 and all(d["response_id"] == response_id and d["item_id"] == done["item_id"] for d in deltas)
-        assert "".join(d["delta"] for d in deltas) == done["transcript"] == "You said: Hello emulator. This is the local emulator, not Azure."
+        deltas = browser.passed(deltas_from, "response.output_audio_transcript.delta")
+        assert len(deltas) > 5
+        assert {(d["response_id"], d["item_id"]) for d in deltas} == {(response_id, done["item_id"])}
+        assert "".join(d["delta"] for d in deltas) == done["transcript"]
+        assert done["transcript"] == "You said: Hello emulator. This is the local emulator, not Azure."
         await browser.expect("output_audio_buffer.stopped")
         stopped_at = browser.at
         finished = (await browser.expect("response.done"))["response"]
@@ -193,12 +214,23 @@ def test_typed_message_gets_a_streamed_spoken_reply_that_can_be_cancelled(host: 
         browser.send({"type": "response.create"})
         await browser.expect("output_audio_buffer.started")
         await until(lambda: browser.loudest(browser.at) > LOUD, "the second reply to be audible")
-        cancel_from = browser._cursor
+        cancel_from = browser.cursor
         browser.send({"type": "response.cancel"})
         await browser.expect("output_audio_buffer.stopped", timeout=1.0)
         assert (await browser.expect("response.done", timeout=1.0))["response"]["status"] == "cancelled"
         assert "response.output_audio_transcript.done" not in browser.skipped(cancel_from)
         await browser.hear_silence_after(browser.at)
+
+        browser.send({"type": "response.create"})
+        await browser.expect("output_audio_buffer.started")
+        await until(lambda: browser.loudest(browser.at) > LOUD, "the third reply to be audible")
+        browser.send({"type": "output_audio_buffer.clear"})
+        await browser.expect("output_audio_buffer.cleared", timeout=1.0)
+        await browser.hear_silence_after(browser.at)
+        cancel_from = browser.cursor
+        browser.send({"type": "response.cancel"})
+        assert (await browser.expect("response.done", timeout=1.0))["response"]["status"] == "cancelled"
+        assert "output_audio_buffer.stopped" not in browser.skipped(cancel_from), "already cleared"
 
         browser.send({"type": "response.cancel", "event_id": "evt_again"})
         error = (await browser.expect("error"))["error"]
@@ -230,7 +262,8 @@ def test_voice_turns_are_detected_answered_and_interruptible(host: PeerHost) -> 
         browser.mic.speaking = True  # barge in
         await browser.expect("input_audio_buffer.speech_started")
         await browser.expect("output_audio_buffer.stopped")
-        assert (await browser.expect("response.done"))["response"]["status"] == "cancelled"
+        interrupted = (await browser.expect("response.done"))["response"]
+        assert (interrupted["status"], interrupted["status_details"]["reason"]) == ("cancelled", "turn_detected")
         browser.mic.speaking = False
         await browser.expect("input_audio_buffer.speech_stopped")
         await browser.expect("response.created")  # the interruption is a new turn
@@ -255,6 +288,13 @@ def test_manual_turns_commit_without_vad(host: PeerHost) -> None:
         item_id = (await browser.expect("input_audio_buffer.committed"))["item_id"]
         assert (await browser.expect("conversation.item.input_audio_transcription.completed"))["item_id"] == item_id
         assert not any(e["type"].startswith("input_audio_buffer.speech_") for e in browser.events)
+
+        frames = peer.mic_frames
+        await until(lambda: peer.mic_frames >= frames + 10, "0.2 s more microphone tone")
+        browser.send({"type": "input_audio_buffer.clear"})
+        browser.send({"type": "input_audio_buffer.commit"})  # right after the clear: nothing left to commit
+        await browser.expect("input_audio_buffer.cleared")
+        assert (await browser.expect("error"))["error"]["code"] == "input_audio_buffer_commit_empty"
 
     run_call(host, session, scenario)
 
@@ -286,6 +326,26 @@ def test_bad_events_injected_errors_and_close(host: PeerHost, caplog: pytest.Log
     with pytest.raises(RuntimeError):
         host.answer("v=0\r\n", {})
     assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")], caplog.text
+
+
+def test_a_call_that_never_connects_is_given_up(host: PeerHost, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(webrtc_peer, "CONNECT_DEADLINE_S", 0.2)
+
+    async def scenario() -> None:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver("audio")
+        pc.createDataChannel("oai-events")
+        await pc.setLocalDescription(await pc.createOffer())
+        # No candidates, as from a browser that does not wait for gathering, and the answer is never applied:
+        # without the deadline the peer would wait for ICE checks forever.
+        lines = pc.localDescription.sdp.splitlines()
+        offer = "\r\n".join(line for line in lines if not line.startswith(("a=candidate:", "a=end-of-candidates")))
+        await asyncio.to_thread(host.answer, offer + "\r\n", {"type": "realtime"})
+        peer = host.peers[-1]
+        await until(lambda: peer.closed, "the peer to give up", timeout=2.0)
+        await pc.close()
+
+    asyncio.run(scenario())
 
 
 @pytest.mark.parametrize("offer", ["", "hello", "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"])
