@@ -1,0 +1,229 @@
+"""Real clicks in a real page: headless Chromium does real WebRTC with the emulator through the function app.
+
+Everything stays on 127.0.0.1: the app runs under the local host in its own process, the emulator (fake
+service + aiortc peer) runs here so each test can inspect the call's peer or inject a fault.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from localdev.fake_openai import Fault, FakeAzureOpenAI
+from localdev.webrtc_peer import EmulatedPeer, PeerHost
+from tests.browser import CHROMIUM, launch_args, speech_like_wav
+from tests.conftest import API_KEY, LocalHost
+
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")]
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def eventually(check: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def peers() -> Iterator[PeerHost]:
+    host = PeerHost()
+    yield host
+    host.close()
+
+
+@pytest.fixture(scope="module")
+def emulator(peers: PeerHost) -> Iterator[FakeAzureOpenAI]:
+    service = FakeAzureOpenAI(api_key=API_KEY, answerer=peers.answer)
+    yield service
+    service.close()
+
+
+@pytest.fixture(scope="module")
+def embed_origin() -> Iterator[str]:
+    """A second origin (another port) serving the example page that embeds <realtime-voice>."""
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(ROOT / "static"))
+    handler.log_message = lambda *args: None  # type: ignore[method-assign]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def app(emulator: FakeAzureOpenAI, embed_origin: str) -> Iterator[LocalHost]:
+    host = LocalHost({"AZURE_OPENAI_BASE_URL": emulator.url, "AZURE_OPENAI_API_KEY": API_KEY, "REALTIME_EMULATOR": "true",
+                      "ALLOWED_ORIGINS": embed_origin, "RATE_LIMIT_PER_MINUTE": "0"})
+    yield host
+    host.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory):
+    from playwright.sync_api import sync_playwright
+
+    microphone = speech_like_wav(tmp_path_factory.mktemp("mic") / "speech.wav")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=launch_args(microphone))
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, app: LocalHost, emulator: FakeAzureOpenAI):
+    emulator.reset()
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(app.url + "/")
+    page.wait_for_function("document.querySelectorAll('#voice option').length >= 10")
+    yield page
+    context.close()
+
+
+def start(page, peers: PeerHost) -> EmulatedPeer:
+    known = len(peers.peers)
+    page.click("#start")
+    page.wait_for_selector("#status[data-status='listening'], #status[data-status='speaking']", timeout=15000)
+    peer = eventually(lambda: len(peers.peers) > known and peers.peers[-1], what="the emulator to answer")
+    eventually(lambda: peer.channel_open, what="the data channel to open")
+    return peer
+
+
+def inbound_audio_bytes(page) -> int:
+    return page.evaluate("""async () => {
+        let bytes = 0;
+        (await window.realtimeApp.session.pc.getStats()).forEach((s) => {
+            if (s.type === 'inbound-rtp' && s.kind === 'audio') bytes += s.bytesReceived; });
+        return bytes; }""")
+
+
+def test_a_conversation_end_to_end(page, peers: PeerHost) -> None:
+    assert page.is_visible("#emulator-notice"), "the page says it is the local emulator, not Azure"
+    page.select_option("#voice", "cedar")
+    peer = start(page, peers)
+    assert peer.events_received == [] or all("type" in event for event in peer.events_received)
+    assert page.is_disabled("#voice") and page.is_disabled("#instructions"), "locked while a session runs"
+    eventually(lambda: inbound_audio_bytes(page) > 1000, what="remote audio bytes")
+    eventually(lambda: peer.mic_frames > 50 and peer.mic_peak > 0.1, what="microphone audio at the emulator")
+
+    page.fill("#message", "Hello from the browser test")
+    page.press("#message", "Enter")
+    user_line = page.locator("#transcript [data-role='user']", has_text="Hello from the browser test")
+    user_line.wait_for()
+    assistant = page.locator("#transcript [data-role='assistant']").last
+    assistant.wait_for()
+    page.wait_for_selector("#status[data-status='speaking']")
+    level = eventually(lambda: page.eval_on_selector("#assistant-level", "m => m.value") > 0.05, what="audible reply")
+    assert level
+    eventually(lambda: "You said: Hello from the browser test" in assistant.inner_text(), what="streamed transcript")
+    assert any(e["type"] == "conversation.item.create" for e in peer.events_received)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "live-conversation.png"), full_page=True)
+    eventually(lambda: "not Azure" in assistant.inner_text(), what="the whole reply")
+
+
+def test_mute_stops_outgoing_audio(page, peers: PeerHost) -> None:
+    peer = start(page, peers)
+    eventually(lambda: peer.mic_peak > 0.1, what="microphone audio")
+    page.click("#mute")
+    assert page.get_attribute("#mute", "aria-pressed") == "true"
+    eventually(lambda: peer.mic_peak < 0.01, what="silence after mute")
+    page.click("#mute")
+    eventually(lambda: peer.mic_peak > 0.1, what="audio again after unmute")
+
+
+def test_interrupt_cancels_the_reply(page, peers: PeerHost) -> None:
+    peer = start(page, peers)
+    page.fill("#message", "Tell me a long story")
+    page.click("#send")
+    page.wait_for_selector("#status[data-status='speaking']")
+    page.click("#interrupt")
+    types = lambda: [e["type"] for e in peer.events_received]
+    eventually(lambda: "response.cancel" in types() and "output_audio_buffer.clear" in types(), what="cancel events")
+    page.wait_for_selector("#status[data-status='listening']")
+    cut = page.locator("#transcript [data-role='assistant']").last.inner_text()
+    time.sleep(0.5)
+    assert page.locator("#transcript [data-role='assistant']").last.inner_text() == cut, "no more words after interrupt"
+    assert "not Azure" not in cut
+
+
+def test_end_releases_the_microphone_and_start_works_again(page, peers: PeerHost) -> None:
+    peer = start(page, peers)
+    page.evaluate("window.__tracks = window.realtimeApp.session.localStream.getTracks();"
+                  "window.__pc = window.realtimeApp.session.pc")
+    page.click("#stop")
+    page.wait_for_selector("#status[data-status='disconnected']")
+    assert page.evaluate("window.__tracks.length > 0 && window.__tracks.every(t => t.readyState === 'ended')")
+    assert page.evaluate("window.__pc.connectionState") == "closed"
+    assert page.evaluate("window.realtimeApp.session") is None
+    eventually(lambda: peer.closed, what="the emulator to see the hang-up")
+    again = start(page, peers)
+    assert again is not peer and again.channel_open
+
+
+@pytest.mark.parametrize(
+    ("fault", "code", "says"),
+    [(Fault(status=429, headers={"Retry-After": "7"}), "upstream_rate_limited", "7"),
+     (Fault(status=401), "upstream_auth", "AZURE_OPENAI_API_KEY")],
+)
+def test_a_failed_connect_is_explained_and_leaves_nothing_open(page, peers, emulator, fault, code, says) -> None:
+    known = len(peers.peers)
+    emulator.fail_next("client_secrets", fault)
+    page.click("#start")
+    page.wait_for_selector("#error:not([hidden])")
+    assert page.inner_text("#error .error-code") == code
+    assert says in page.inner_text("#error")
+    assert page.get_attribute("#status", "data-status") == "error"
+    assert page.evaluate("window.realtimeApp.session") is None
+    assert page.is_enabled("#start") and len(peers.peers) == known
+    start(page, peers)  # and the next try works
+
+
+def test_a_service_error_event_is_shown(page, peers: PeerHost) -> None:
+    start(page, peers)
+    peers.inject_error("server_error_test", "The emulator was told to fail.")
+    page.wait_for_selector("#error:not([hidden])")
+    assert page.inner_text("#error .error-code") == "server_error_test"
+    assert "told to fail" in page.inner_text("#error")
+
+
+def test_embedding_from_an_allowed_origin(browser, app, embed_origin, peers) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"{embed_origin}/embed-example.html?app={app.url}")
+    toggle = page.locator("realtime-voice button.toggle")
+    toggle.click()
+    page.wait_for_function(
+        "document.querySelector('realtime-voice').shadowRoot.querySelector('.status').textContent === 'Listening'",
+        timeout=15000)
+    assert peers.peers[-1].channel_open
+    context.close()
+
+
+def test_embedding_from_a_refused_origin(browser, emulator, embed_origin, peers) -> None:
+    strict = LocalHost({"AZURE_OPENAI_BASE_URL": emulator.url, "AZURE_OPENAI_API_KEY": API_KEY})
+    try:
+        known = len(emulator.requests)
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(f"{embed_origin}/embed-example.html?app={strict.url}")
+        page.locator("realtime-voice button.toggle").click()
+        error = page.locator("realtime-voice .error")
+        error.wait_for()
+        assert error.locator(".error-code").inner_text() == "origin_not_allowed"
+        assert "ALLOWED_ORIGINS" in error.inner_text()
+        assert len(emulator.requests) == known, "a refused origin never reaches upstream"
+        context.close()
+    finally:
+        strict.close()
