@@ -15,7 +15,7 @@ from pathlib import Path
 import azure.functions as func
 from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.routing import Map, Rule
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 log = logging.getLogger(__name__)
@@ -94,9 +94,19 @@ class FunctionsHost:
         return result
 
 
+class _AccessLog(WSGIRequestHandler):
+    """Access log lines without query strings: `?code=` carries a Functions key."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        self.path = self.path.split("?", 1)[0]  # after the request was handled: only the log line sees this
+        super().log_request(code, size)
+
+
 def serve(app: func.FunctionApp, host: str = "127.0.0.1", port: int = 7071, function_key: str | None = None) -> BaseWSGIServer:
     """Starts serving in a daemon thread and returns the server (its port, and shutdown())."""
     top = Path(__file__).resolve().parent.parent
-    server = make_server(host, port, FunctionsHost(app, route_prefix(top / "host.json"), function_key), threaded=True)
+    server = make_server(
+        host, port, FunctionsHost(app, route_prefix(top / "host.json"), function_key), threaded=True, request_handler=_AccessLog
+    )
     threading.Thread(target=server.serve_forever, name="functions-host", daemon=True).start()
     return server

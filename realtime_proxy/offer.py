@@ -26,6 +26,8 @@ class Offer:
 
 
 def read_offer(req: func.HttpRequest, policy: SessionPolicy, limits: Limits) -> Offer:
+    if sum(len(name) + len(value) + 4 for name, value in req.headers.items()) > limits.max_header_bytes:
+        raise ApiError(431, "headers_too_large", f"The request headers are larger than {limits.max_header_bytes} bytes.")
     body = req.get_body() or b""
     if len(body) > limits.max_body_bytes:
         raise ApiError(413, "payload_too_large", f"The request body is larger than {limits.max_body_bytes} bytes.")

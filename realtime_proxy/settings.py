@@ -36,6 +36,7 @@ class Limits:
     """Bounds on what a request may carry and how long a `/connect` may take."""
 
     max_body_bytes: int = 64 * 1024
+    max_header_bytes: int = 16 * 1024
     max_sdp_bytes: int = 32 * 1024
     connect_timeout: float = 3.05
     read_timeout: float = 10.0
@@ -175,6 +176,7 @@ def _read_limits(read: _Reader) -> Limits:
     return Limits(
         max_body_bytes=int(read.number("MAX_BODY_BYTES", 64 * 1024, 1024, 1024 * 1024)),
         max_sdp_bytes=int(read.number("MAX_SDP_BYTES", 32 * 1024, 1024, 512 * 1024)),
+        max_header_bytes=int(read.number("MAX_HEADER_BYTES", 16 * 1024, 1024, 64 * 1024)),
         connect_timeout=read.number("UPSTREAM_CONNECT_TIMEOUT_SECONDS", 3.05, 0.1, 10),
         read_timeout=read.number("UPSTREAM_READ_TIMEOUT_SECONDS", 10.0, 0.1, 25),
         deadline_seconds=read.number("CONNECT_DEADLINE_SECONDS", 25.0, 1, 28),

@@ -22,6 +22,9 @@ const ui = Object.fromEntries([
 
 const state = { session: null, abort: null, status: "idle", assistantLevel: 0, instructionsEditable: true, stopMeters: [] };
 window.realtimeApp = { session: null };
+// With CONNECT_AUTH_LEVEL=function, open the page as /?code=<key> and the key is passed on to /connect.
+const functionKey = new URLSearchParams(location.search).get("code");
+const ENDPOINT = functionKey ? `/connect?code=${encodeURIComponent(functionKey)}` : "/connect";
 
 ui.preset.append(new Option("Custom", ""), ...PRESETS.map(({ label }, index) => new Option(label, String(index))));
 ui.preset.addEventListener("change", () => {
@@ -81,6 +84,7 @@ async function start() {
   ui.stop.focus();
   try {
     const session = await connect({
+      endpoint: ENDPOINT,
       voice: ui.voice.value,
       instructions: state.instructionsEditable ? ui.instructions.value : "",
       audioElement: ui.remoteAudio,

@@ -81,6 +81,7 @@ def test_default_voice_and_server_instructions_when_caller_sends_none(fake) -> N
         (lambda: request(b"[1, 2]", "application/json"), 400, "bad_request"),
         (lambda: request(json.dumps({"sdp": OFFER, "voice": 7}).encode(), "application/json"), 400, "bad_request"),
         (lambda: request(b"\xff\xfe v=0", "application/sdp"), 400, "bad_request"),
+        (lambda: offer_request(headers={"x-padding": "p" * 17000}), 431, "headers_too_large"),
     ],
 )
 def test_bad_input_is_refused_before_any_upstream_call(fake, make, status: int, code: str) -> None:

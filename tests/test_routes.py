@@ -79,6 +79,7 @@ def test_function_key_mode_over_http(fake) -> None:
         preflight = requests.options(host.url + "/connect", headers={"Origin": host.url}, timeout=5)
         assert preflight.status_code == 204, "a browser's preflight carries no key and must still pass"
         assert requests.get(host.url + "/", timeout=5).status_code == 200, "the page stays public"
+        assert "local-function-key" not in host.log(), "the key in ?code= never reaches the access log"
     finally:
         host.close()
 
