@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -128,6 +128,15 @@ def _peak_level(frame: av.AudioFrame) -> float:
     """Peak of an s16 frame (what aiortc's Opus decoder yields), normalised to 0..1; no numpy needed."""
     samples = array.array("h", bytes(frame.planes[0]))[: frame.samples * len(frame.layout.channels)]
     return max(max(samples), -min(samples)) / 32768 if samples else 0.0
+
+
+async def audio_frames(track: MediaStreamTrack) -> AsyncIterator[av.AudioFrame]:
+    """Frames from a remote audio track until it ends."""
+    while True:
+        try:
+            yield await track.recv()
+        except MediaStreamError:
+            return
 
 
 class _ToneTrack(MediaStreamTrack):
@@ -357,11 +366,7 @@ class EmulatedPeer:
 
     async def _listen(self, track: MediaStreamTrack) -> None:
         """Measure every microphone frame; feeds mic_peak and the VAD until the track ends."""
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
+        async for frame in audio_frames(track):
             level = _peak_level(frame)
             self.mic_frames += 1
             self._recent_peaks.append(level)

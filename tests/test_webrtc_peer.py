@@ -18,10 +18,10 @@ from collections.abc import Awaitable, Callable, Iterator
 import av
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack
 
 from localdev import webrtc_peer
-from localdev.webrtc_peer import SPEECH_LEVEL, PeerHost
+from localdev.webrtc_peer import SPEECH_LEVEL, PeerHost, audio_frames
 
 TIMEOUT = 5.0
 QUIET = 0.01  # peak level of "silence" after Opus round trips
@@ -93,11 +93,7 @@ class Browser:
         self._speaker = asyncio.ensure_future(self._listen(track))
 
     async def _listen(self, track: MediaStreamTrack) -> None:
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
+        async for frame in audio_frames(track):
             self.levels.append((time.monotonic(), peak(frame)))
 
     def send(self, event: dict | str) -> None:
