@@ -8,9 +8,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .errors import ApiError
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
 
 SCOPE = "https://cognitiveservices.azure.com/.default"
 log = logging.getLogger(__name__)
@@ -41,7 +44,7 @@ class EntraCredentials:
     kind = "entra"
 
     def __init__(self) -> None:
-        self._credential = None
+        self._credential: TokenCredential | None = None
         self._lock = threading.Lock()
 
     def headers(self) -> dict[str, str]:
@@ -59,7 +62,7 @@ class EntraCredentials:
             ) from None
         return {"Authorization": f"Bearer {token}"}
 
-    def _get(self):  # -> DefaultAzureCredential
+    def _get(self) -> TokenCredential:
         with self._lock:
             if self._credential is None:
                 from azure.identity import DefaultAzureCredential

@@ -90,10 +90,10 @@ class Upstream:
             try:
                 response = self._post("client_secrets", deadline, json=body, headers=auth)
             except ApiError as error:
-                if attempt == 2 or error.code != "upstream_unreachable" or not self._can_retry(deadline):
-                    raise
-                continue
-            if response.status_code in (502, 503) and attempt == 1 and self._can_retry(deadline):
+                if attempt == 1 and error.code == "upstream_unreachable" and self._backoff(deadline):
+                    continue
+                raise
+            if attempt == 1 and response.status_code in (502, 503) and self._backoff(deadline):
                 log.info("client_secrets answered %s; retrying once", response.status_code)
                 continue
             break
@@ -123,7 +123,8 @@ class Upstream:
             raise ApiError(502, "upstream_error", "Azure OpenAI answered the offer without an SDP answer.")
         return Call(answer, response.headers.get("Location"))
 
-    def _can_retry(self, deadline: Deadline) -> bool:
+    def _backoff(self, deadline: Deadline) -> bool:
+        """Waits before the one retry; False when the deadline leaves no room for it."""
         if deadline.remaining() < _RETRY_BACKOFF_SECONDS + self.settings.limits.connect_timeout:
             return False
         time.sleep(_RETRY_BACKOFF_SECONDS)

@@ -207,7 +207,7 @@ def test_embedding_from_an_allowed_origin(browser, app, embed_origin, peers) -> 
     page.wait_for_function(
         "document.querySelector('realtime-voice').shadowRoot.querySelector('.status').textContent === 'Listening'",
         timeout=15000)
-    assert peers.peers[-1].channel_open
+    eventually(lambda: peers.peers[-1].channel_open, what="the emulator's end of the data channel")
     context.close()
 
 
