@@ -1,13 +1,11 @@
 """Route map of the Azure Functions app; the logic lives in realtime_proxy/."""
-import os
-
 import azure.functions as func
 
 from realtime_proxy.service import RealtimeProxy
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 proxy = RealtimeProxy.from_environ()
-CONNECT_AUTH = func.AuthLevel.FUNCTION if os.environ.get("CONNECT_AUTH_LEVEL", "").lower() == "function" else func.AuthLevel.ANONYMOUS
+CONNECT_AUTH = func.AuthLevel(proxy.settings.connect_auth_level)
 
 
 @app.route(route="connect", methods=["POST"], auth_level=CONNECT_AUTH)

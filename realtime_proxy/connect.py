@@ -8,7 +8,7 @@ import azure.functions as func
 
 from .cors import OriginPolicy
 from .errors import ApiError, error_response
-from .offer import read_offer
+from .offer import Offer, read_offer
 from .policy import session_config
 from .ratelimit import RateLimiter
 from .settings import Settings
@@ -40,18 +40,17 @@ class ConnectHandler:
                 )
             self.limiter.check(req)
             offer = read_offer(req, self.settings.policy, self.settings.limits)
-            return self._exchange(offer, cors)
+            return self._exchange(self.upstream, offer, cors)
         except ApiError as error:
             log.info("connect refused: %s %s", error.status, error.code)
             return error_response(error, cors)
 
-    def _exchange(self, offer, cors: dict[str, str]) -> func.HttpResponse:
-        assert self.upstream is not None
+    def _exchange(self, upstream: Upstream, offer: Offer, cors: dict[str, str]) -> func.HttpResponse:
         deadline = Deadline(self.settings.limits)
         started = time.perf_counter()
-        secret = self.upstream.mint_secret(session_config(self.settings.policy, self.settings.deployment, offer), deadline)
+        secret = upstream.mint_secret(session_config(self.settings.policy, self.settings.deployment, offer), deadline)
         minted = time.perf_counter()
-        call = self.upstream.create_call(offer.sdp, secret, deadline)
+        call = upstream.create_call(offer.sdp, secret, deadline)
         done = time.perf_counter()
         log.info("connect ok: call %s in %.0f ms", call.call_id, (done - started) * 1000)
         headers = {

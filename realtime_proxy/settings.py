@@ -51,6 +51,7 @@ class Settings:
     deployment: str = "gpt-realtime"
     api_key: str | None = field(default=None, repr=False)
     webrtc_filter: bool = False
+    connect_auth_level: str = "anonymous"
     allowed_origins: tuple[str, ...] = ()
     emulator: bool = False
     policy: SessionPolicy = SessionPolicy()
@@ -144,6 +145,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         deployment=read.text("AZURE_OPENAI_DEPLOYMENT", "gpt-realtime") or "gpt-realtime",
         api_key=read.text("AZURE_OPENAI_API_KEY"),
         webrtc_filter=read.flag("REALTIME_WEBRTC_FILTER"),
+        connect_auth_level=read.choice("CONNECT_AUTH_LEVEL", "anonymous", ("anonymous", "function")),
         allowed_origins=tuple(origin.rstrip("/").lower() for origin in read.items("ALLOWED_ORIGINS")),
         emulator=read.flag("REALTIME_EMULATOR"),
         policy=_read_policy(read),

@@ -44,7 +44,7 @@ def test_defaults_are_safe() -> None:
 @pytest.mark.parametrize(
     ("name", "value"),
     [("REALTIME_ALLOWED_VOICES", "alloy,nova"), ("REALTIME_DEFAULT_VOICE", "ash"), ("REALTIME_SESSION_TTL_SECONDS", "5"),
-     ("REALTIME_INSTRUCTIONS_MODE", "shout"), ("REALTIME_TURN_DETECTION", "magic"), ("MAX_BODY_BYTES", "lots")],
+     ("REALTIME_INSTRUCTIONS_MODE", "shout"), ("CONNECT_AUTH_LEVEL", "functon"), ("REALTIME_TURN_DETECTION", "magic"), ("MAX_BODY_BYTES", "lots")],
 )
 def test_invalid_policy_settings_are_named(name: str, value: str) -> None:
     env = {"AZURE_OPENAI_BASE_URL": "https://r.openai.azure.com", "REALTIME_ALLOWED_VOICES": "alloy,echo", name: value}
