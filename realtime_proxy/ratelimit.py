@@ -46,7 +46,9 @@ class RateLimiter:
         return min(self.burst, level + (now - since) * self.rate)
 
     def _forget_full(self, now: float) -> None:
-        for key in [k for k in self._buckets if self._level(k, now) >= self.burst] or list(self._buckets)[: _MAX_KEYS // 2]:
+        """Bounds memory: a full bucket holds nothing worth keeping; failing that, drop the oldest half."""
+        full = [key for key in self._buckets if self._level(key, now) >= self.burst]
+        for key in full or list(self._buckets)[: _MAX_KEYS // 2]:
             del self._buckets[key]
 
 

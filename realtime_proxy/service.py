@@ -23,13 +23,12 @@ RESERVED = {"connect": "POST, OPTIONS", "config": "GET"}
 class RealtimeProxy:
     def __init__(self, settings: Settings, static_root: Path = STATIC_ROOT) -> None:
         self.settings = settings
-        upstream = (
-            Upstream(settings, credentials_for(settings.api_key), pooled_session()) if settings.configured else None
-        )
+        upstream = None
+        if settings.configured:
+            upstream = Upstream(settings, credentials_for(settings.api_key), pooled_session())
         self.origins = OriginPolicy(settings.allowed_origins)
-        self.connect = ConnectHandler(settings, upstream, self.origins, RateLimiter(
-            settings.limits.rate_limit_per_minute, settings.limits.rate_limit_burst
-        ))
+        limiter = RateLimiter(settings.limits.rate_limit_per_minute, settings.limits.rate_limit_burst)
+        self.connect = ConnectHandler(settings, upstream, self.origins, limiter)
         self.files = StaticFiles(static_root)
 
     @classmethod
@@ -45,7 +44,7 @@ class RealtimeProxy:
 
     def static(self, req: func.HttpRequest) -> func.HttpResponse:
         path = req.route_params.get("path", "") or ""
-        if path.strip("/").lower() in RESERVED:
-            allow = RESERVED[path.strip("/").lower()]
+        allow = RESERVED.get(path.strip("/").lower())
+        if allow:
             return error_response(ApiError(405, "method_not_allowed", f"Use {allow} here.", {"Allow": allow}))
         return self.files.serve(req, path)

@@ -62,11 +62,9 @@ class StaticFiles:
         decoded, previous = path, None
         while decoded != previous:
             previous, decoded = decoded, unquote(decoded)
-        parts = decoded.split("/")
-        if decoded.startswith("/") or any(
-            not part or part.startswith(".") or "\\" in part or ":" in part or "\0" in part for part in parts if decoded
-        ):
-            raise _NOT_FOUND
+        parts = decoded.split("/") if decoded else []
+        if any(not part or part.startswith(".") or "\\" in part or ":" in part or "\0" in part for part in parts):
+            raise _NOT_FOUND  # also an absolute path: its first part is empty
         file = (self.root / decoded).resolve() if decoded else self.root
         if file.is_dir():
             file = file / "index.html"
