@@ -18,10 +18,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 VOICES = {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
-SESSION_KEYS = {"type", "model", "instructions", "output_modalities", "audio", "tools", "tool_choice",
-                "max_output_tokens", "tracing", "truncation", "prompt", "include"}
-AUDIO_INPUT_KEYS = {"format", "transcription", "turn_detection", "noise_reduction"}
-AUDIO_OUTPUT_KEYS = {"format", "voice", "speed"}
+# Session fields, in two kinds (README: "what the emulator can vouch for"). AZURE_*: named by Microsoft's docs
+# for the GA WebRTC flow (shared/docs/realtime-api.md §1), so known to be accepted by Azure. OPENAI_*: in OpenAI's
+# GA reference and sent by OpenAI's clients (the Agents SDK sends `tracing`, `tool_choice`, the formats and `speed`
+# on every connect); the emulator accepts them but cannot vouch that Azure does. Anything else is refused.
+AZURE_SESSION_KEYS = {"type", "model", "instructions", "output_modalities", "audio"}
+OPENAI_SESSION_KEYS = {"tools", "tool_choice", "max_output_tokens", "tracing", "truncation", "prompt", "include"}
+SESSION_KEYS = AZURE_SESSION_KEYS | OPENAI_SESSION_KEYS
+AUDIO_INPUT_KEYS = {"transcription", "turn_detection", "noise_reduction"} | {"format"}  # Azure's | OpenAI's
+AUDIO_OUTPUT_KEYS = {"voice"} | {"format", "speed"}  # Azure's | OpenAI's
 Answerer = Callable[[str, dict, str], str]  # (offer, session, call id) -> answer SDP
 
 
@@ -174,25 +179,9 @@ class FakeAzureOpenAI:
         return seconds
 
     def _check_session(self, session: dict) -> None:
-        _only(session, SESSION_KEYS, "session.")
-        if session.get("type") != "realtime":
-            raise ServiceError(400, "invalid_value", "session.type must be 'realtime'.", "session.type")
+        check_session_fields(session)
         if session.get("model") not in self.deployments:
             raise ServiceError(404, "DeploymentNotFound", "The API deployment for this resource does not exist.")
-        if "instructions" in session and not isinstance(session["instructions"], str):
-            raise ServiceError(400, "invalid_type", "session.instructions must be a string.", "session.instructions")
-        audio = session.get("audio", {})
-        if not isinstance(audio, dict):
-            raise ServiceError(400, "invalid_type", "session.audio must be an object.", "session.audio")
-        _only(audio, {"input", "output"}, "session.audio.")
-        _only(audio.get("input", {}), AUDIO_INPUT_KEYS, "session.audio.input.")
-        _only(audio.get("output", {}), AUDIO_OUTPUT_KEYS, "session.audio.output.")
-        voice = audio.get("output", {}).get("voice")
-        if voice is not None and voice not in VOICES:
-            raise ServiceError(400, "invalid_value", f"Invalid value: '{voice}'.", "session.audio.output.voice")
-        turn = audio.get("input", {}).get("turn_detection")
-        if turn is not None and turn.get("type") not in ("server_vad", "semantic_vad"):
-            raise ServiceError(400, "invalid_value", "Unknown turn_detection type.", "session.audio.input.turn_detection.type")
 
     def _call(self, headers: dict[str, str], body: bytes) -> tuple[int, dict, bytes]:
         auth = headers.get("authorization", "")
@@ -211,6 +200,30 @@ class FakeAzureOpenAI:
         except ValueError as exc:
             raise ServiceError(400, "invalid_offer", f"The SDP offer could not be applied: {exc}") from None
         return 201, {"Content-Type": "application/sdp", "Location": f"/v1/realtime/calls/{call_id}"}, answer.encode()
+
+
+def check_session_fields(session: dict) -> None:
+    """The checks the service applies to a `session` object wherever it arrives (a client secret or a
+    `session.update` on the data channel); raises ServiceError for the first problem, as the service answers one."""
+    _only(session, SESSION_KEYS, "session.")
+    if "type" not in session:
+        raise ServiceError(400, "missing_required_parameter", "Missing required parameter: 'session.type'.", "session.type")
+    if session["type"] != "realtime":
+        raise ServiceError(400, "invalid_value", "session.type must be 'realtime'.", "session.type")
+    if "instructions" in session and not isinstance(session["instructions"], str):
+        raise ServiceError(400, "invalid_type", "session.instructions must be a string.", "session.instructions")
+    audio = session.get("audio", {})
+    if not isinstance(audio, dict):
+        raise ServiceError(400, "invalid_type", "session.audio must be an object.", "session.audio")
+    _only(audio, {"input", "output"}, "session.audio.")
+    _only(audio.get("input", {}), AUDIO_INPUT_KEYS, "session.audio.input.")
+    _only(audio.get("output", {}), AUDIO_OUTPUT_KEYS, "session.audio.output.")
+    voice = audio.get("output", {}).get("voice")
+    if voice is not None and voice not in VOICES:
+        raise ServiceError(400, "invalid_value", f"Invalid value: '{voice}'.", "session.audio.output.voice")
+    turn = audio.get("input", {}).get("turn_detection")
+    if turn is not None and (not isinstance(turn, dict) or turn.get("type") not in ("server_vad", "semantic_vad")):
+        raise ServiceError(400, "invalid_value", "Unknown turn_detection type.", "session.audio.input.turn_detection.type")
 
 
 def _only(obj: object, allowed: set[str], where: str) -> None:

@@ -4,6 +4,11 @@
 `EmulatedPeer` as it would to Azure: audio both ways as media tracks, GA realtime events on the data channel
 (shared/docs/realtime-api.md §3). Replies are canned text plus a sine tone, so a UI can be exercised end to end
 without Azure. Nothing leaves 127.0.0.1.
+
+Faithful enough for real clients (OpenAI's Agents SDK included): every client event it accepts gets the server
+events the service sends, in the service's order, and what the service refuses (unknown `session` fields, a voice
+change once the assistant has spoken, unknown items or events) gets an `error` event in the service's shape,
+with nothing applied. Which session fields Azure is known to accept: `fake_openai.AZURE_SESSION_KEYS`.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import aioice.ice
 import av
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from .fake_openai import ServiceError, check_session_fields
 
 T = TypeVar("T")
 
@@ -185,6 +192,7 @@ class _Response:
     task: asyncio.Task | None = None
     delivered: str = ""  # transcript deltas sent so far
     audio_playing: bool = False
+    previous_item_id: str | None = None  # the conversation item the reply follows
 
 
 class EmulatedPeer:
@@ -208,7 +216,9 @@ class EmulatedPeer:
         self._closing: asyncio.Task | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._response: _Response | None = None
+        self._items: dict[str, dict] = {}  # the conversation, in order, as conversation.item.retrieve reports it
         self._last_item_id: str | None = None
+        self._spoke = False  # assistant audio is present: the voice is locked, as on the service
         self._last_user_text: str | None = None
         self._recent_peaks: deque[float] = deque(maxlen=25)  # 0.5 s of 20 ms frames
         # Input buffer and VAD state, in milliseconds of microphone audio received (not wall time: deterministic).
@@ -321,6 +331,8 @@ class EmulatedPeer:
             "output_audio_buffer.clear": self._on_output_clear,
             "input_audio_buffer.clear": self._on_input_clear,
             "input_audio_buffer.commit": self._on_input_commit,
+            "conversation.item.retrieve": self._on_item_retrieve,
+            "conversation.item.delete": self._on_item_delete,
         }
         handler = handlers.get(event["type"])
         if handler is None:
@@ -333,8 +345,18 @@ class EmulatedPeer:
         if not isinstance(update, dict):
             self._error("missing_required_parameter", "Missing required parameter: 'session'.", event, "session")
             return
-        fixed = ("id", "object", "type", "expires_at")
-        self._session = _merged(self._session, {k: v for k, v in update.items() if k not in fixed})
+        try:
+            check_session_fields(update)
+            voice = _setting(update, "audio", "output", "voice")
+            if self._spoke and voice is not None and voice != _setting(self._session, "audio", "output", "voice"):
+                message = "Cannot update a conversation's voice if assistant audio is present."
+                raise ServiceError(400, "cannot_update_voice", message)
+        except ServiceError as problem:  # the service applies nothing of a refused update
+            self._error(problem.code, problem.message, event, problem.param)
+            return
+        # A call's model is its deployment, fixed when the secret was minted; what Azure does with another name
+        # here is not something the emulator can vouch for, so it keeps the call's.
+        self._session = _merged(self._session, {k: v for k, v in update.items() if k != "model"})
         self._send("session.updated", session=self._session)
 
     def _on_item_create(self, event: dict) -> None:
@@ -355,8 +377,29 @@ class EmulatedPeer:
 
     def _add_item(self, item: dict) -> None:
         previous, self._last_item_id = self._last_item_id, item["id"]
+        self._items[item["id"]] = item
         self._send("conversation.item.added", previous_item_id=previous, item=item)
         self._send("conversation.item.done", previous_item_id=previous, item=item)
+
+    def _on_item_retrieve(self, event: dict) -> None:
+        """The item as the service holds it now, e.g. a user turn with its transcript (the Agents SDK asks after each).
+
+        The service also returns the turn's audio; the emulator keeps none, so `audio` is absent."""
+        item = self._items.get(event.get("item_id"))  # type: ignore[arg-type]
+        if item is None:
+            message = f"Error retrieving item: the item with id '{event.get('item_id')}' does not exist."
+            self._error("item_retrieve_invalid_item_id", message, event)
+            return
+        self._send("conversation.item.retrieved", item=item)
+
+    def _on_item_delete(self, event: dict) -> None:
+        item_id = event.get("item_id")
+        if self._items.pop(item_id, None) is None:  # type: ignore[arg-type]
+            self._error("item_delete_invalid_item_id", f"Error deleting item: the item with id '{item_id}' does not exist.", event)
+            return
+        if self._last_item_id == item_id:
+            self._last_item_id = next(reversed(self._items), None)
+        self._send("conversation.item.deleted", item_id=item_id)
 
     # --- microphone and turn detection ---
 
@@ -406,6 +449,8 @@ class EmulatedPeer:
             "input_audio_buffer.speech_started", item_id=self._speech_item, audio_start_ms=int(self._speech_start_ms)
         )
         if self._response is not None and vad.get("interrupt_response", True):
+            if self._response.audio_playing:  # in WebRTC the service cuts the playing audio itself
+                self._clear_output_audio()
             self._cancel_response("turn_detected")
 
     def _stop_speech(self, vad: dict) -> None:
@@ -421,17 +466,16 @@ class EmulatedPeer:
         self._buffer_start_ms = self._audio_ms
         self._last_user_text = None
         self._send("input_audio_buffer.committed", item_id=item_id, previous_item_id=self._last_item_id)
+        part: dict[str, Any] = {"type": "input_audio", "transcript": None}
         self._add_item({
             "id": item_id, "object": "realtime.item", "type": "message", "status": "completed", "role": "user",
-            "content": [{"type": "input_audio", "transcript": None}],
+            "content": [part],
         })  # fmt: skip
         if _setting(self._session, "audio", "input", "transcription"):
-            self._send(
-                "conversation.item.input_audio_transcription.completed",
-                item_id=item_id,
-                content_index=0,
-                transcript=f"(emulator heard {seconds:.1f} s of speech)",
-            )
+            part["transcript"] = f"(emulator heard {seconds:.1f} s of speech)"
+            where = {"item_id": item_id, "content_index": 0}
+            self._send("conversation.item.input_audio_transcription.delta", **where, delta=part["transcript"])
+            self._send("conversation.item.input_audio_transcription.completed", **where, transcript=part["transcript"])
 
     def _on_input_commit(self, event: dict) -> None:
         """Manual turns (turn_detection null): commit what arrived since the last commit or clear."""
@@ -476,31 +520,29 @@ class EmulatedPeer:
         response.task = self._spawn(self._play(response))
 
     async def _play(self, response: _Response) -> None:
-        """Stream the reply word by word while the tone plays for a plausible speaking time."""
+        """Stream the reply word by word while the tone plays for a plausible speaking time.
+
+        Events in the service's order: the response, its output item and content part open, audio starts,
+        transcript deltas, then `_finish_response` closes them all."""
         loop = asyncio.get_running_loop()
         words = response.transcript.split(" ")
         ends_at = loop.time() + max(MIN_REPLY_AUDIO_S, len(words) * WORD_INTERVAL_S)
         self._send("response.created", response=self._response_object(response, "in_progress"))
         item = self._assistant_item(response, "in_progress")
-        self._send("conversation.item.added", previous_item_id=self._last_item_id, item=item)
-        self._last_item_id = response.item_id
+        self._send("response.output_item.added", response_id=response.id, output_index=0, item=item)
+        response.previous_item_id, self._last_item_id = self._last_item_id, response.item_id
+        self._items[response.item_id] = item
+        self._send("conversation.item.added", previous_item_id=response.previous_item_id, item=item)
+        self._send("response.content_part.added", **self._part_of(response), part={"type": "audio", "transcript": ""})
         self._send("output_audio_buffer.started", response_id=response.id)
-        response.audio_playing = True
+        response.audio_playing = self._spoke = True
         self._tone.pitch_hz = VOICE_PITCH_HZ.get(_setting(self._session, "audio", "output", "voice"), DEFAULT_PITCH_HZ)
         for word in words:
             delta = f" {word}" if response.delivered else word
             response.delivered += delta
-            self._send(
-                "response.output_audio_transcript.delta",
-                response_id=response.id, item_id=response.item_id, output_index=0, content_index=0, delta=delta,
-            )  # fmt: skip
+            self._send("response.output_audio_transcript.delta", **self._part_of(response), delta=delta)
             await asyncio.sleep(WORD_INTERVAL_S)
         await asyncio.sleep(ends_at - loop.time())
-        self._send(
-            "response.output_audio_transcript.done",
-            response_id=response.id, item_id=response.item_id, output_index=0, content_index=0,
-            transcript=response.transcript,
-        )  # fmt: skip
         self._finish_response("completed")
 
     def _on_response_cancel(self, event: dict) -> None:
@@ -516,15 +558,29 @@ class EmulatedPeer:
         self._finish_response("cancelled", {"type": "cancelled", "reason": reason})
 
     def _finish_response(self, status: str, status_details: dict | None = None) -> None:
+        """Close the audio, transcript, content part, output item and response, in the service's order.
+
+        The service sends these also when a response is cancelled (with what was said so far). In WebRTC the
+        output audio buffer drains after generation ends, so `output_audio_buffer.stopped` comes last."""
         response, self._response = self._response, None
         assert response is not None
+        part = self._part_of(response)
+        self._send("response.output_audio.done", **part)
+        self._send("response.output_audio_transcript.done", **part, transcript=response.delivered)
+        self._send("response.content_part.done", **part, part={"type": "audio", "transcript": response.delivered})
+        item = self._assistant_item(response, _item_status(status))
+        self._items[response.item_id] = item
+        self._send("response.output_item.done", response_id=response.id, output_index=0, item=item)
+        self._send("conversation.item.done", previous_item_id=response.previous_item_id, item=item)
+        self._send("response.done", response=self._response_object(response, status, status_details))
         if response.audio_playing:
             self._tone.pitch_hz = None
             self._send("output_audio_buffer.stopped", response_id=response.id)
-        self._send("conversation.item.done", item=self._assistant_item(response, _item_status(status)))
-        self._send("response.done", response=self._response_object(response, status, status_details))
 
     def _on_output_clear(self, event: dict) -> None:
+        self._clear_output_audio()
+
+    def _clear_output_audio(self) -> None:
         """Cut the assistant's audio; any response keeps streaming its transcript, as on Azure."""
         response_id = None
         if self._response is not None:
@@ -533,10 +589,16 @@ class EmulatedPeer:
         self._tone.pitch_hz = None
         self._send("output_audio_buffer.cleared", response_id=response_id)
 
+    @staticmethod
+    def _part_of(response: _Response) -> dict[str, Any]:
+        """The fields that place an event in the reply's only output item and content part."""
+        return {"response_id": response.id, "item_id": response.item_id, "output_index": 0, "content_index": 0}
+
     def _assistant_item(self, response: _Response, status: str) -> dict:
+        content = [{"type": "output_audio", "transcript": response.delivered}] if status != "in_progress" else []
         return {
             "id": response.item_id, "object": "realtime.item", "type": "message", "status": status,
-            "role": "assistant", "content": [{"type": "output_audio", "transcript": response.delivered}],
+            "role": "assistant", "content": content,
         }  # fmt: skip
 
     def _response_object(self, response: _Response, status: str, status_details: dict | None = None) -> dict:
@@ -547,6 +609,8 @@ class EmulatedPeer:
             "status": status,
             "status_details": status_details,
             "output": [] if status == "in_progress" else [self._assistant_item(response, _item_status(status))],
+            "output_modalities": _setting(self._session, "output_modalities"),
+            "audio": {"output": {"voice": _setting(self._session, "audio", "output", "voice")}},
             "usage": None if status == "in_progress" else {
                 "total_tokens": 10 + output_tokens, "input_tokens": 10, "output_tokens": output_tokens,  # nominal
             },

@@ -199,10 +199,10 @@ def test_typed_message_gets_a_streamed_spoken_reply_that_can_be_cancelled(host: 
         assert {(d["response_id"], d["item_id"]) for d in deltas} == {(response_id, done["item_id"])}
         assert "".join(d["delta"] for d in deltas) == done["transcript"]
         assert done["transcript"] == "You said: Hello emulator. This is the local emulator, not Azure."
-        await browser.expect("output_audio_buffer.stopped")
-        stopped_at = browser.at
         finished = (await browser.expect("response.done"))["response"]
         assert finished["status"] == "completed" and finished["usage"]["output_tokens"] > 0
+        await browser.expect("output_audio_buffer.stopped")  # after response.done: the buffer drains last
+        stopped_at = browser.at
         assert 2.5 < stopped_at - started_at < 4.5
         assert browser.loudest(started_at, stopped_at) > LOUD, "the reply must be audible"
         await browser.hear_silence_after(stopped_at)
@@ -212,9 +212,10 @@ def test_typed_message_gets_a_streamed_spoken_reply_that_can_be_cancelled(host: 
         await until(lambda: browser.loudest(browser.at) > LOUD, "the second reply to be audible")
         cancel_from = browser.cursor
         browser.send({"type": "response.cancel"})
-        await browser.expect("output_audio_buffer.stopped", timeout=1.0)
         assert (await browser.expect("response.done", timeout=1.0))["response"]["status"] == "cancelled"
-        assert "response.output_audio_transcript.done" not in browser.skipped(cancel_from)
+        cut = browser.passed(cancel_from, "response.output_audio_transcript.done")
+        assert len(cut) == 1 and "not Azure" not in cut[0]["transcript"], "closed with what was said so far"
+        await browser.expect("output_audio_buffer.stopped", timeout=1.0)
         await browser.hear_silence_after(browser.at)
 
         browser.send({"type": "response.create"})
@@ -226,11 +227,11 @@ def test_typed_message_gets_a_streamed_spoken_reply_that_can_be_cancelled(host: 
         cancel_from = browser.cursor
         browser.send({"type": "response.cancel"})
         assert (await browser.expect("response.done", timeout=1.0))["response"]["status"] == "cancelled"
-        assert "output_audio_buffer.stopped" not in browser.skipped(cancel_from), "already cleared"
 
         browser.send({"type": "response.cancel", "event_id": "evt_again"})
         error = (await browser.expect("error"))["error"]
         assert (error["code"], error["event_id"]) == ("response_cancel_not_active", "evt_again")
+        assert "output_audio_buffer.stopped" not in browser.skipped(cancel_from), "already cleared"
 
     run_call(host, session, scenario, extra_candidates=lan_and_mdns)
 
@@ -257,7 +258,7 @@ def test_voice_turns_are_detected_answered_and_interruptible(host: PeerHost) -> 
 
         browser.mic.speaking = True  # barge in
         await browser.expect("input_audio_buffer.speech_started")
-        await browser.expect("output_audio_buffer.stopped")
+        await browser.expect("output_audio_buffer.cleared")  # WebRTC: the service cuts the audio on barge-in
         interrupted = (await browser.expect("response.done"))["response"]
         assert (interrupted["status"], interrupted["status_details"]["reason"]) == ("cancelled", "turn_detected")
         browser.mic.speaking = False
@@ -349,3 +350,90 @@ def test_unusable_offer_is_a_value_error(host: PeerHost, offer: str) -> None:
     with pytest.raises(ValueError):
         host.answer(offer, {"type": "realtime"})
     assert host.peers == []
+
+
+def test_session_update_refuses_what_the_service_refuses_and_applies_nothing(host: PeerHost) -> None:
+    session = {"type": "realtime", "model": "gpt-realtime", "instructions": "Server.", "audio": {"output": {"voice": "marin"}}}
+
+    async def scenario(browser: Browser) -> None:
+        await browser.expect("session.created")
+        refused = [  # (session, code, param) as the service answers them
+            ({"type": "realtime", "instructions": "Browser.", "temperature": 0.6}, "unknown_parameter", "session.temperature"),
+            ({"type": "realtime", "audio": {"output": {"voice": "marin", "pitch": 2}}}, "unknown_parameter",
+             "session.audio.output.pitch"),
+            ({"instructions": "Browser."}, "missing_required_parameter", "session.type"),
+            ({"type": "realtime", "audio": {"output": {"voice": "nova"}}}, "invalid_value", "session.audio.output.voice"),
+        ]  # fmt: skip
+        for number, (update, code, param) in enumerate(refused):
+            browser.send({"type": "session.update", "event_id": f"evt_{number}", "session": update})
+            error = (await browser.expect("error"))["error"]
+            assert (error["type"], error["code"], error["param"], error["event_id"]) == (
+                "invalid_request_error", code, param, f"evt_{number}")  # fmt: skip
+        assert not [e for e in browser.events if e["type"] == "session.updated"], "a refused update changes nothing"
+
+        browser.send({"type": "session.update", "session": {"type": "realtime", "tracing": "auto", "model": "other"}})
+        accepted = (await browser.expect("session.updated"))["session"]
+        assert (accepted["instructions"], accepted["model"]) == ("Server.", "gpt-realtime"), "the call keeps its model"
+
+        browser.send({"type": "response.create"})
+        await browser.expect("response.done", timeout=10.0)
+        browser.send({"type": "session.update", "session": {"type": "realtime", "audio": {"output": {"voice": "cedar"}}}})
+        assert (await browser.expect("error"))["error"]["code"] == "cannot_update_voice"
+        browser.send({"type": "session.update", "session": {"type": "realtime", "audio": {"output": {"voice": "marin"}}}})
+        assert (await browser.expect("session.updated"))["session"]["audio"]["output"]["voice"] == "marin"
+
+    run_call(host, session, scenario)
+
+
+def test_replies_send_the_service_event_set_in_order_also_when_cancelled(host: PeerHost) -> None:
+    closing = ["response.output_audio.done", "response.output_audio_transcript.done", "response.content_part.done",
+               "response.output_item.done", "conversation.item.done", "response.done", "output_audio_buffer.stopped"]
+
+    async def scenario(browser: Browser) -> None:
+        await browser.expect("session.created")
+        for cancel in (False, True):
+            start = len(browser.events)
+            browser.send({"type": "response.create"})
+            await browser.expect("response.output_audio_transcript.delta")
+            if cancel:
+                browser.send({"type": "response.cancel"})
+            await browser.expect("output_audio_buffer.stopped", timeout=10.0)
+            types = [e["type"] for e in browser.events[start:] if not e["type"].endswith(".delta")]
+            assert types == ["response.created", "response.output_item.added", "conversation.item.added",
+                             "response.content_part.added", "output_audio_buffer.started", *closing]  # fmt: skip
+            events = {e["type"]: e for e in browser.events[start:]}
+            item = events["response.output_item.done"]["item"]
+            said = events["response.output_audio_transcript.done"]["transcript"]
+            assert item["status"] == ("incomplete" if cancel else "completed")
+            assert item["content"] == [{"type": "output_audio", "transcript": said}]
+            assert events["response.content_part.done"]["part"] == {"type": "audio", "transcript": said}
+            assert events["response.done"]["response"]["output"] == [item]
+            assert ("not Azure" in said) is not cancel, "a cancelled reply is closed with what was said so far"
+
+    run_call(host, {"type": "realtime", "model": "gpt-realtime"}, scenario)
+
+
+def test_items_are_retrieved_with_their_transcript_and_deleted(host: PeerHost) -> None:
+    session = {"type": "realtime", "model": "gpt-realtime", "audio": {"input": {"turn_detection": None}}}
+
+    async def scenario(browser: Browser) -> None:
+        await browser.expect("session.created")
+        browser.mic.speaking = True
+        peer = host.peers[-1]
+        await until(lambda: peer.mic_frames > 25, "0.5 s of microphone tone")
+        browser.send({"type": "input_audio_buffer.commit"})
+        item_id = (await browser.expect("input_audio_buffer.committed"))["item_id"]
+        heard = (await browser.expect("conversation.item.input_audio_transcription.completed"))["transcript"]
+
+        browser.send({"type": "conversation.item.retrieve", "item_id": item_id})  # what the Agents SDK does here
+        item = (await browser.expect("conversation.item.retrieved"))["item"]
+        assert (item["id"], item["role"], item["content"][0]["transcript"]) == (item_id, "user", heard)
+
+        browser.send({"type": "conversation.item.delete", "item_id": item_id})
+        assert (await browser.expect("conversation.item.deleted"))["item_id"] == item_id
+        browser.send({"type": "conversation.item.retrieve", "item_id": item_id, "event_id": "evt_gone"})
+        error = (await browser.expect("error"))["error"]
+        assert (error["code"], error["event_id"]) == ("item_retrieve_invalid_item_id", "evt_gone")
+        assert item_id in error["message"]
+
+    run_call(host, session, scenario)
