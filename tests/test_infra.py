@@ -386,3 +386,11 @@ def test_checkov_finds_no_failed_checks_and_every_skip_is_justified(tmp_path):
             reason = (c["check_result"].get("suppress_comment") or "").strip()
             assert len(reason) > 20, f"{c['check_id']} skipped without a reason"
     assert result.returncode == 0
+
+
+def test_deploy_workflow_signs_in_with_oidc_and_stores_no_secret():
+    workflow = (ROOT / ".github" / "workflows" / "deploy.yml").read_text()
+    assert re.search(r"^\s+id-token: write", workflow, re.M)
+    assert "--federated-credential-provider github" in workflow
+    assert "secrets." not in workflow, "ids come from repository variables; nothing secret is stored"
+    assert "tests/test_infra.py" in workflow, "templates are checked before anything is provisioned"
