@@ -2,24 +2,42 @@
 
 Functions Core Tools cannot be installed everywhere; this gives the same URLs and the same responses
 as `func start` (routePrefix from host.json, route templates, methods), and is what the browser tests use.
+Like the Python worker, it runs `async def` handlers on one long-lived event loop and sync handlers on
+the serving threads, and turns responses into HTTP with azure-functions' own converter.
 """
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import azure.functions as func
-from werkzeug.exceptions import HTTPException, NotFound
+from azure.functions.http import HttpResponseConverter
+from werkzeug.datastructures import Headers
+from werkzeug.exceptions import ClientDisconnected, HTTPException, MethodNotAllowed
 from werkzeug.routing import Map, Rule
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 log = logging.getLogger(__name__)
-Handler = Callable[[func.HttpRequest], func.HttpResponse]
+
+
+@dataclass(frozen=True)
+class _Function:
+    name: str
+    handler: Callable[..., Any]
+    binding: str  # the trigger's name: the worker passes the request as this keyword argument
+    auth_level: str
+    methods: frozenset[str]
+    path: str  # in Werkzeug's syntax, prefix included
 
 
 def route_prefix(host_json: Path) -> str:
@@ -34,63 +52,124 @@ def _rule_path(prefix: str, template: str) -> str:
     return "/" + "/".join(part for part in (prefix, path) if part)
 
 
+def _functions(app: func.FunctionApp, prefix: str) -> Iterable[_Function]:
+    for function in app.get_functions():
+        trigger = next(b.get_dict_repr() for b in function.get_bindings() if b.get_dict_repr()["type"] == "httpTrigger")
+        name = function.get_function_name()
+        yield _Function(
+            name=name,
+            handler=function.get_user_function(),
+            binding=trigger["name"],
+            auth_level=str(getattr(trigger["authLevel"], "value", "")),
+            methods=frozenset(str(getattr(m, "value", m)).upper() for m in trigger.get("methods") or ["GET", "POST"]),
+            path=_rule_path(prefix, trigger.get("route") or name),
+        )
+
+
+def _rules(path: str, endpoint: str, methods: frozenset[str] | None) -> list[Rule]:
+    """Rules for one route path; Azure's `{*rest}` also matches the empty rest."""
+    rules = [Rule(path, endpoint=endpoint, methods=methods)]
+    catch_all = re.fullmatch(r"(.*)<path:(\w+)>", path)
+    if catch_all:
+        rules.append(Rule(catch_all.group(1) or "/", endpoint=endpoint, methods=methods, defaults={catch_all.group(2): ""}))
+    if methods is not None:
+        for rule in rules:
+            rule.methods = set(methods)  # Werkzeug adds HEAD to every GET rule; the Functions host does not
+    return rules
+
+
+def _error(status: int, code: str, message: str, request_id: str, headers: Mapping[str, str] | None = None) -> Response:
+    """The host's own refusals, in the app's error shape and media type (no charset, as the worker sends JSON)."""
+    return Response(
+        json.dumps({"error": {"code": code, "message": message, "requestId": request_id}}, separators=(",", ":")),
+        status=status,
+        headers={"Cache-Control": "no-store", "X-Request-Id": request_id, **(headers or {})},
+        content_type="application/json",
+    )
+
+
 class FunctionsHost:
     def __init__(self, app: func.FunctionApp, prefix: str, function_key: str | None = None) -> None:
         self.function_key = function_key
-        self.handlers: dict[str, tuple[Handler, str]] = {}
-        rules: list[Rule] = []
-        for function in app.get_functions():
-            trigger = next(b.get_dict_repr() for b in function.get_bindings() if b.get_dict_repr()["type"] == "httpTrigger")
-            name = function.get_function_name()
-            methods = [str(getattr(m, "value", m)) for m in trigger.get("methods") or ["GET", "POST"]]
-            self.handlers[name] = (function.get_user_function(), str(getattr(trigger["authLevel"], "value", "")))
-            path = _rule_path(prefix, trigger.get("route") or name)
-            rules.append(Rule(path, endpoint=name, methods=methods))
-            catch_all = re.fullmatch(r"(.*)<path:(\w+)>", path)
-            if catch_all:  # Azure's {*rest} also matches the empty rest
-                rules.append(Rule(catch_all.group(1) or "/", endpoint=name, methods=methods, defaults={catch_all.group(2): ""}))
-        self.routes = Map(rules, strict_slashes=False)
+        self.functions = {function.name: function for function in _functions(app, prefix)}
+        self.allowed: dict[str, set[str]] = {}  # per route path, every method some function takes there
+        for function in self.functions.values():
+            self.allowed.setdefault(function.path, set()).update(function.methods)
+        self.routes = Map([r for f in self.functions.values() for r in _rules(f.path, f.name, f.methods)], strict_slashes=False)
+        # Which route path a URL belongs to whatever the method, for the Allow header of a 405.
+        self.paths = Map([r for path in self.allowed for r in _rules(path, path, None)], strict_slashes=False)
+        # The worker's single event loop, for `async def` handlers.
+        self.loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self.loop.run_forever, name="functions-host-loop", daemon=True)
+        self._loop_thread.start()
+
+    def close(self) -> None:
+        """Stops the event loop; the server must not be serving any more."""
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._loop_thread.join()
+        self.loop.close()
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        request = Request(environ)
+        return self._answer(Request(environ))(environ, start_response)
+
+    def _answer(self, request: Request) -> Response:
+        request_id = uuid.uuid4().hex
         try:
-            name, route_params = self.routes.bind_to_environ(environ).match()
-        except NotFound:
-            return Response(status=404)(environ, start_response)
-        except HTTPException as exc:
-            return Response(status=exc.code or 404)(environ, start_response)
-        handler, auth_level = self.handlers[name]
-        if auth_level == "function" and self.function_key and self.function_key not in (
+            name, route_params = self.routes.bind_to_environ(request.environ).match()
+        except MethodNotAllowed:
+            path, _ = self.paths.bind_to_environ(request.environ).match()
+            allow = ", ".join(sorted(self.allowed[path]))
+            return _error(405, "method_not_allowed", f"Use {allow} here.", request_id, {"Allow": allow})
+        except HTTPException:
+            return Response(status=404)
+        function = self.functions[name]
+        if function.auth_level == "function" and self.function_key and self.function_key not in (
             request.args.get("code"),
             request.headers.get("x-functions-key"),
         ):
-            return Response(status=401)(environ, start_response)
-        return self._respond(handler(self._request(request, route_params)))(environ, start_response)
+            return Response(status=401)
+        try:
+            body = request.get_data()
+        except ClientDisconnected:
+            return _error(400, "bad_request", "The request body is shorter than its Content-Length.", request_id)
+        try:
+            return self._respond(self._invoke(function, self._request(request, route_params, body)))
+        except Exception:
+            # The path only: a query string may hold a Functions key, and the body is the caller's.
+            log.exception("%s %s: function %s failed (request id %s)", request.method, request.path, name, request_id)
+            return _error(500, "internal_error", f"The function failed; quote request id {request_id}.", request_id)
+
+    def _invoke(self, function: _Function, request: func.HttpRequest) -> func.HttpResponse:
+        result = function.handler(**{function.binding: request})
+        if inspect.iscoroutine(result):
+            result = asyncio.run_coroutine_threadsafe(result, self.loop).result()
+        if not isinstance(result, func.HttpResponse):
+            raise TypeError(f"function {function.name} returned {type(result).__name__}, not func.HttpResponse")
+        return result
 
     @staticmethod
-    def _request(request: Request, route_params: dict[str, str]) -> func.HttpRequest:
+    def _request(request: Request, route_params: dict[str, str], body: bytes) -> func.HttpRequest:
         headers = dict(request.headers)
         # The platform front end appends the caller's address; do the same so client_ip() works alike.
         forwarded = request.headers.get("X-Forwarded-For")
         headers["X-Forwarded-For"] = f"{forwarded}, {request.remote_addr}" if forwarded else str(request.remote_addr)
         return func.HttpRequest(
-            method=request.method,
-            url=request.url,
-            headers=headers,
-            params=dict(request.args),
-            route_params=route_params,
-            body=request.get_data(),
+            method=request.method, url=request.url, headers=headers, params=dict(request.args), route_params=route_params, body=body
         )
 
     @staticmethod
     def _respond(response: func.HttpResponse) -> Response:
-        headers = dict(response.headers)
-        if "content-type" not in {key.lower() for key in headers} and response.mimetype:
-            charset = f"; charset={response.charset}" if response.charset else ""
-            headers["Content-Type"] = f"{response.mimetype}{charset}"
-        result = Response(response.get_body(), status=response.status_code, headers=headers)
-        if "Content-Length" in headers:  # a HEAD answer states the length of the body it omits
-            result.headers["Content-Length"] = headers["Content-Length"]
+        """What the worker sends the host: the response's own headers, plus a Content-Type only when it has
+        none (with a charset only for text/*), as azure-functions' converter writes it."""
+        wire = HttpResponseConverter.encode(response, expected_type=func.HttpResponse).value
+        headers = Headers([(name, datum.value) for name, datum in wire["headers"].items()])
+        for cookie in wire["cookies"] or ():
+            for morsel in cookie.values():
+                headers.add("Set-Cookie", morsel.OutputString())
+        length = headers.get("Content-Length")  # a HEAD answer states the length of the body it omits
+        result = Response(wire["body"].value, status=int(wire["status_code"].value), headers=headers)
+        if length is not None:
+            result.headers["Content-Length"] = length
         return result
 
 
@@ -103,7 +182,7 @@ class _AccessLog(WSGIRequestHandler):
 
 
 def serve(app: func.FunctionApp, host: str = "127.0.0.1", port: int = 7071, function_key: str | None = None) -> BaseWSGIServer:
-    """Starts serving in a daemon thread and returns the server (its port, and shutdown())."""
+    """Starts serving in a daemon thread and returns the server (its port, shutdown(), and `.app.close()`)."""
     top = Path(__file__).resolve().parent.parent
     server = make_server(
         host, port, FunctionsHost(app, route_prefix(top / "host.json"), function_key), threaded=True, request_handler=_AccessLog
