@@ -36,6 +36,8 @@ from aiohttp import web
 
 from routing import literal_path
 
+REPO = Path(__file__).resolve().parent.parent
+
 
 @dataclass(frozen=True)
 class Route:
@@ -114,12 +116,13 @@ class EmulatedDispatch:
 
 
 async def serve(port: int, app_root: Path, runtime: bool) -> None:
-    sys.path.insert(0, str(app_root))
+    sys.path[:0] = [str(app_root), str(REPO)]  # the app first; this repository for localdev's host.json reader
     os.chdir(app_root)
     loop = asyncio.get_running_loop()
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     root.addHandler(RpcLogHandler(loop))
+    booted = time.time()  # interpreter and worker imports done; the app is next
     started = time.perf_counter()
     if runtime:
         from runtime_dispatch import RuntimeDispatch
@@ -137,7 +140,9 @@ async def serve(port: int, app_root: Path, runtime: bool) -> None:
 
     listener = await loop.create_server(web.Server(handle, access_log=None), "127.0.0.1", port,
                                         reuse_port=True, backlog=4096)
-    print(json.dumps({"pid": os.getpid(), "load_ms": round(load_ms, 1), "threads": thread_count(),
+    spawned = float(os.environ.get("BENCH_SPAWNED_AT") or booted)
+    print(json.dumps({"pid": os.getpid(), "boot_ms": round((booted - spawned) * 1000, 1),
+                      "load_ms": round(load_ms, 1), "threads": thread_count(),
                       "dispatch": "azure-functions-runtime" if runtime else "emulated",
                       "python": sys.version.split()[0], "handlers": dispatch.modes()}), flush=True)
     await loop.run_in_executor(None, sys.stdin.read)  # stop when the parent closes our stdin
@@ -148,7 +153,7 @@ async def serve(port: int, app_root: Path, runtime: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--app-root", type=Path, default=Path(__file__).resolve().parent.parent,
+    parser.add_argument("--app-root", type=Path, default=REPO,
                         help="the folder holding function_app.py and host.json (default: this repository)")
     parser.add_argument("--runtime", action="store_true",
                         help="dispatch through the real worker library, azure-functions-runtime (Python 3.13)")
