@@ -180,20 +180,22 @@ async def cold_start(host: AppHost, env: dict[str, str]) -> dict[str, float]:
 async def cold_starts(host: AppHost, with_key: dict[str, str], with_identity: dict[str, str],
                       args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Median cold starts of: a bare app answering 201 at once (the worker's own floor, the baseline), the app
-    with an API key, the app with managed identity. Each kind starts once untimed first, so bytecode compiling
-    and a cold page cache do not land on whichever kind runs first."""
-    cold: dict[str, dict[str, float]] = {}
+    with an API key, the app with managed identity. Rounds interleave the kinds so machine noise hits all alike;
+    the first round is untimed, so bytecode compiling and a cold page cache land on none of them."""
     with tempfile.TemporaryDirectory(prefix="bare-app-") as bare:
         Path(bare, "function_app.py").write_text(BARE_APP)
         Path(bare, "host.json").write_text((host.app_root / "host.json").read_text())
-        for label, kind, env in (("bare app (baseline)", replace(host, app_root=Path(bare)), with_key),
-                                 ("app, api key", host, with_key),
-                                 (f"app, managed identity ({args.identity_delay * 1000:.0f} ms token)", host,
-                                  with_identity)):
-            await cold_start(kind, env)
-            runs = [await cold_start(kind, env) for _ in range(args.cold_runs)]
-            cold[label] = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-    return cold
+        kinds = {"bare app (baseline)": (replace(host, app_root=Path(bare)), with_key),
+                 "app, api key": (host, with_key),
+                 f"app, managed identity ({args.identity_delay * 1000:.0f} ms token)": (host, with_identity)}
+        runs: dict[str, list[dict[str, float]]] = {label: [] for label in kinds}
+        for round_ in range(args.cold_runs + 1):
+            for label, (kind, env) in kinds.items():
+                timing = await cold_start(kind, env)
+                if round_:
+                    runs[label].append(timing)
+    return {label: {key: statistics.median(r[key] for r in timings) for key in timings[0]}
+            for label, timings in runs.items()}
 
 
 async def upstream_stats(http: aiohttp.ClientSession, url: str) -> dict:
@@ -334,7 +336,8 @@ def main() -> None:
                         help="seconds the managed-identity endpoint takes per token (default 0.3)")
     parser.add_argument("--cold-latency", type=float, default=0.0,
                         help="fake upstream seconds per request during the cold starts (default 0: the app's own time)")
-    parser.add_argument("--cold-runs", type=int, default=3, help="cold starts per credential kind; the median is shown")
+    parser.add_argument("--cold-runs", type=int, default=5,
+                        help="cold starts of each kind after an untimed round; the median is shown (default 5)")
     parser.add_argument("--targets", default="app,worker", help="app, worker or both (default app,worker)")
     parser.add_argument("--max-seconds", type=float, default=120, help="no connect starts later than this in a run")
     parser.add_argument("--dispatch", choices=("auto", "runtime", "emulated"), default="auto",
