@@ -44,10 +44,13 @@ def main() -> None:
     load_local_settings(TOP / "local.settings.json")
     if not os.environ.get("AZURE_OPENAI_BASE_URL", "").strip():
         start_emulator()
-    else:
-        log.info("Using Azure OpenAI at %s", os.environ["AZURE_OPENAI_BASE_URL"].strip())
 
-    from function_app import app
+    from function_app import app, proxy
+
+    if proxy.settings.problems:
+        log.warning("Not configured; /connect answers 503 not_configured until fixed: %s.", "; ".join(proxy.settings.problems))
+    elif not proxy.settings.emulator:
+        log.info("Using Azure OpenAI at %s", proxy.settings.resource_url)
 
     from .host import serve
 

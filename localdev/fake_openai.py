@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -34,11 +35,14 @@ Answerer = Callable[[str, dict, str], str]  # (offer, session, call id) -> answe
 class Fault:
     """What the next matching request gets instead of a normal answer."""
 
-    status: int | None = 500  # None: answer normally once the delay is over
+    status: int | None = 500  # None: answer normally (with `headers` added) once the delay is over
     body: str | None = None  # None: a JSON error shaped like the service's
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds to stall before answering (timeouts)
     drop: bool = False  # close the connection without answering
+    drip: float = 0.0  # seconds between the body's bytes (read timeouts restart per byte)
+    cut: bool = False  # announce the whole body, send half of it, then reset the connection
+    echo_credentials: bool = False  # the error message quotes the request's api-key/Authorization (hostile upstream)
 
 
 @dataclass
@@ -263,16 +267,16 @@ def _handler_for(fake: FakeAzureOpenAI) -> type[BaseHTTPRequestHandler]:
             query = parse_qs(parts.query)
             with fake._lock:
                 fake.requests.append(Recorded(endpoint, headers, body, query))
-            fault = fake._take_fault(endpoint)
-            if fault and self._fault(fault):
+            fault = fake._take_fault(endpoint) or Fault(status=None)
+            if self._fault(fault, headers):
                 return
             try:
                 status, out_headers, out = fake.handle(endpoint, headers, query, body)
             except ServiceError as error:
                 status, out_headers, out = error.status, {"Content-Type": "application/json"}, error.body()
-            self._send(status, out_headers, out)
+            self._send(status, {**out_headers, **fault.headers}, out, fault)
 
-        def _fault(self, fault: Fault) -> bool:
+        def _fault(self, fault: Fault, headers: dict[str, str]) -> bool:
             """Stall, drop or answer with the fault; False when the request should then be handled normally."""
             if fault.delay:
                 time.sleep(fault.delay)
@@ -282,20 +286,34 @@ def _handler_for(fake: FakeAzureOpenAI) -> type[BaseHTTPRequestHandler]:
                 return True
             if fault.status is None:
                 return False
-            body = fault.body if fault.body is not None else ServiceError(fault.status, f"fault_{fault.status}", f"Injected fault {fault.status}.").body().decode()
+            message = f"Injected fault {fault.status}."
+            if fault.echo_credentials:
+                message += f" Rejected api-key={headers.get('api-key')} authorization={headers.get('authorization')}."
+            body = fault.body if fault.body is not None else ServiceError(fault.status, f"fault_{fault.status}", message).body().decode()
             ctype = "application/json" if fault.body is None else "text/html"
-            try:
-                self._send(fault.status, {"Content-Type": ctype, **fault.headers}, body.encode())
-            except (BrokenPipeError, ConnectionResetError):
-                self.close_connection = True
+            self._send(fault.status, {"Content-Type": ctype, **fault.headers}, body.encode(), fault)
             return True
 
-        def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
-            self.send_response(status)
-            for key, value in headers.items():
-                self.send_header(key, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+        def _send(self, status: int, headers: dict[str, str], body: bytes, fault: Fault) -> None:
+            try:
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if fault.cut:
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
+                    self.close_connection = True
+                elif fault.drip:
+                    for index in range(len(body)):
+                        self.wfile.write(body[index : index + 1])
+                        self.wfile.flush()
+                        time.sleep(fault.drip)
+                else:
+                    self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up first
+                self.close_connection = True
 
     return Handler

@@ -1,20 +1,21 @@
 """`POST /connect`: check the caller, read the offer, mint an ephemeral secret, exchange the offer, answer SDP."""
 from __future__ import annotations
 
-import logging
+import asyncio
 import time
 
 import azure.functions as func
 
 from .cors import OriginPolicy
 from .errors import ApiError, error_response
+from .logs import logger
 from .offer import Offer, read_offer
 from .policy import session_config
 from .ratelimit import RateLimiter
 from .settings import Settings
-from .upstream import Deadline, Upstream
+from .upstream import Upstream
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 
 class ConnectHandler:
@@ -30,7 +31,7 @@ class ConnectHandler:
         except ApiError as error:
             return error_response(error)
 
-    def __call__(self, req: func.HttpRequest) -> func.HttpResponse:
+    async def __call__(self, req: func.HttpRequest) -> func.HttpResponse:
         cors: dict[str, str] = {}
         try:
             cors = self.origins.check(req)
@@ -40,24 +41,38 @@ class ConnectHandler:
                 )
             self.limiter.check(req)
             offer = read_offer(req, self.settings.policy, self.settings.limits)
-            return self._exchange(self.upstream, offer, cors)
+            return await self._exchange(self.upstream, offer, cors)
         except ApiError as error:
             log.info("connect refused: %s %s", error.status, error.code)
             return error_response(error, cors)
 
-    def _exchange(self, upstream: Upstream, offer: Offer, cors: dict[str, str]) -> func.HttpResponse:
-        deadline = Deadline(self.settings.limits)
+    async def _exchange(self, upstream: Upstream, offer: Offer, cors: dict[str, str]) -> func.HttpResponse:
+        """Everything upstream, token included, runs under one deadline: whatever the resource or the identity
+        endpoint does (stall, drip one byte at a time), the caller has an answer by then."""
+        deadline = asyncio.get_running_loop().time() + self.settings.limits.deadline_seconds
+        stage = "credential"
         started = time.perf_counter()
-        secret = upstream.mint_secret(session_config(self.settings.policy, self.settings.deployment, offer), deadline)
-        minted = time.perf_counter()
-        call = upstream.create_call(offer.sdp, secret, deadline)
+        try:
+            async with asyncio.timeout_at(deadline):
+                auth = await upstream.credentials.headers()
+                stage, authorised = "client_secrets", time.perf_counter()
+                config = session_config(self.settings.policy, self.settings.deployment, offer)
+                secret = await upstream.mint_secret(config, auth, deadline)
+                stage, minted = "calls", time.perf_counter()
+                call = await upstream.create_call(offer.sdp, secret)
+        except TimeoutError:
+            log.warning("connect deadline passed during %s", stage)
+            if stage == "credential":
+                raise ApiError(503, "credential_unavailable", "The managed identity endpoint did not answer in time.") from None
+            raise ApiError(504, "upstream_timeout", "Azure OpenAI did not answer in time.") from None
         done = time.perf_counter()
         log.info("connect ok: call %s in %.0f ms", call.call_id, (done - started) * 1000)
         headers = {
             **cors,
             "Content-Type": "application/sdp",
             "Cache-Control": "no-store",
-            "Server-Timing": f"secret;dur={(minted - started) * 1000:.1f}, call;dur={(done - minted) * 1000:.1f}",
+            "Server-Timing": f"credential;dur={(authorised - started) * 1000:.1f}, "
+            f"secret;dur={(minted - authorised) * 1000:.1f}, call;dur={(done - minted) * 1000:.1f}",
         }
         if call.location:
             headers["Location"] = call.location

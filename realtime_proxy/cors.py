@@ -11,7 +11,7 @@ import azure.functions as func
 
 from .errors import ApiError
 
-EXPOSED = "Location, Retry-After, Server-Timing"
+EXPOSED = "Location, Retry-After, Server-Timing, X-Request-Id"
 # What browsers may send on POST /connect: the bundled client's, and what OpenAI-style WebRTC clients put on their
 # SDP POST (Authorization with their ephemeral-key placeholder; the Agents SDK's X-OpenAI-Agents-SDK). Allowing a
 # header only lets a browser send it: the app never forwards a caller's headers, it builds its own upstream.
@@ -52,6 +52,10 @@ class OriginPolicy:
 
 def _same_origin(origin: str, req: func.HttpRequest) -> bool:
     """Same host as the request: the page this app serves calling its own endpoint (the platform may
-    terminate TLS in front of the worker, so the scheme is not compared)."""
-    host = (req.headers.get("x-forwarded-host") or req.headers.get("host") or urlsplit(req.url).netloc).lower()
-    return urlsplit(origin).netloc.lower() == host
+    terminate TLS in front of the worker, so the scheme is not compared). `X-Forwarded-Host` is not
+    consulted: any client can send it."""
+    host = (req.headers.get("host") or urlsplit(req.url).netloc).lower()
+    try:
+        return urlsplit(origin).netloc.lower() == host
+    except ValueError:
+        return False

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 
 import azure.functions as func
 
+from .logs import REQUEST_ID
+
 
 class ApiError(Exception):
     """A refusal the caller should see: HTTP status, stable code, human message (never a secret)."""
@@ -18,7 +20,7 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
     def body(self) -> dict[str, dict[str, str]]:
-        return {"error": {"code": self.code, "message": self.message}}
+        return {"error": {"code": self.code, "message": self.message, "requestId": REQUEST_ID.get()}}
 
 
 def json_response(payload: object, status: int = 200, headers: Mapping[str, str] | None = None) -> func.HttpResponse:

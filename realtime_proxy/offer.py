@@ -1,21 +1,30 @@
 """Reads a `/connect` request in any of its three forms and refuses bad input before anything goes upstream.
 
 Forms: `multipart/form-data` (the original contract), a JSON object, or a raw `application/sdp` body with
-`voice`/`instructions` in the query string (what OpenAI-style clients send).
+`voice`/`instructions` in the query string (what OpenAI-style clients send). Multipart is parsed with
+Werkzeug's sans-I/O decoder (azure-functions already depends on Werkzeug), so no HTTP client is loaded for it.
 """
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from email.message import Message
 
 import azure.functions as func
-from requests_toolbelt.multipart.decoder import ImproperBodyPartContentException, MultipartDecoder
+from werkzeug.sansio.multipart import Data, Epilogue, Field, MultipartDecoder, NeedData
 
 from .errors import ApiError
 from .settings import Limits, SessionPolicy
 
 FIELDS = ("sdp", "voice", "instructions")
+# RFC 2046 boundary: 1-70 characters from this set, not ending in a space.
+_BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
+# An offer as browsers write it: printable ASCII lines, `v=0` first, an audio section. Anything else (a NUL, an
+# escape sequence, exotic line breaks) is refused here, before the service can refuse it at the owner's cost.
+# static/openapi.json states the same pattern (a test holds them equal).
+SDP_OFFER = re.compile(r"v=0\r?\n(?:[\t\x20-\x7e]*\r?\n)*m=audio[\t\x20-\x7e]*(?:\r?\n[\t\x20-\x7e]*)*\Z")
+_MALFORMED = "The multipart/form-data body is malformed."
 
 
 @dataclass(frozen=True)
@@ -50,15 +59,19 @@ def read_offer(req: func.HttpRequest, policy: SessionPolicy, limits: Limits) -> 
 
 
 def _validated(fields: dict[str, str], policy: SessionPolicy, limits: Limits) -> Offer:
+    for name, value in fields.items():
+        if not value.isascii() and not _encodable(value):
+            raise ApiError(400, "bad_request", f"The '{name}' field is not valid Unicode text (a lone surrogate?).")
     sdp = fields.get("sdp", "")
     if not sdp.strip():
         raise ApiError(400, "missing_sdp", "The request has no 'sdp' field with the browser's SDP offer.")
     if len(sdp.encode("utf-8")) > limits.max_sdp_bytes:
         raise ApiError(413, "payload_too_large", f"The SDP offer is larger than {limits.max_sdp_bytes} bytes.")
-    lines = sdp.lstrip().splitlines()
-    if not lines or lines[0].strip() != "v=0" or not any(line.startswith("m=audio") for line in lines):
-        raise ApiError(400, "invalid_sdp", "The 'sdp' field is not an SDP offer with an audio section (v=0 … m=audio).")
-    voice = fields.get("voice", "").strip().lower() or policy.default_voice
+    if not SDP_OFFER.match(sdp):
+        raise ApiError(
+            400, "invalid_sdp", "The 'sdp' field is not an SDP offer: printable ASCII lines, v=0 first, an m=audio section."
+        )
+    voice = fields.get("voice") or policy.default_voice
     if voice not in policy.allowed_voices:
         raise ApiError(
             400, "voice_not_allowed", f"Voice '{voice[:40]}' is not allowed; choose one of: {', '.join(policy.allowed_voices)}."
@@ -75,26 +88,31 @@ def _validated(fields: dict[str, str], policy: SessionPolicy, limits: Limits) ->
 
 def _multipart_fields(body: bytes, header: Message) -> dict[str, str]:
     boundary = header.get_param("boundary")
-    if not isinstance(boundary, str) or not boundary or f"--{boundary}--".encode() not in body:
-        raise ApiError(400, "bad_request", "The multipart/form-data body is malformed (no boundary or no closing boundary).")
+    if not isinstance(boundary, str) or not _BOUNDARY.fullmatch(boundary):
+        raise ApiError(400, "bad_request", "The multipart/form-data Content-Type has no valid boundary.")
+    decoder = MultipartDecoder(boundary.encode("ascii"))
+    decoder.receive_data(body)
+    decoder.receive_data(None)
+    fields: dict[str, bytearray] = {}
+    current: bytearray | None = None
     try:
-        parts = MultipartDecoder(body, header["content-type"]).parts
-    except ImproperBodyPartContentException:
-        raise ApiError(400, "bad_request", "The multipart/form-data body is malformed.") from None
-    fields: dict[str, str] = {}
-    for part in parts:
-        disposition = Message()
-        disposition["content-disposition"] = part.headers.get(b"Content-Disposition", b"").decode("latin-1")
-        name = disposition.get_param("name", header="content-disposition")
-        if isinstance(name, str) and name in FIELDS:
-            fields[name] = _text(part.content)
-    return fields
+        while not isinstance(event := decoder.next_event(), Epilogue):
+            if isinstance(event, Field):
+                current = fields.setdefault(event.name, bytearray()) if event.name in FIELDS else None
+            elif isinstance(event, Data):
+                if current is not None:
+                    current += event.data
+            elif isinstance(event, NeedData):  # the body ended inside a part
+                raise ValueError("truncated")
+    except ValueError:  # also non-UTF-8 part headers
+        raise ApiError(400, "bad_request", _MALFORMED) from None
+    return {name: _text(bytes(value)) for name, value in fields.items()}
 
 
 def _json_fields(body: bytes) -> dict[str, str]:
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
         raise ApiError(400, "bad_request", "The JSON body could not be parsed.") from None
     if not isinstance(data, dict):
         raise ApiError(400, "bad_request", "The JSON body must be an object with 'sdp', 'voice' and 'instructions'.")
@@ -102,6 +120,14 @@ def _json_fields(body: bytes) -> dict[str, str]:
         if data.get(name) is not None and not isinstance(data[name], str):
             raise ApiError(400, "bad_request", f"The JSON field '{name}' must be a string.")
     return {name: data[name] for name in FIELDS if isinstance(data.get(name), str)}
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _text(raw: bytes) -> str:

@@ -1,4 +1,7 @@
-"""A token bucket per client (IP and origin), so one caller cannot mint sessions without bound.
+"""A token bucket per client address, so one caller cannot mint sessions without bound.
+
+The key is the address the platform vouches for, nothing the client picks: an `Origin` or host spelling
+would hand one address a fresh bucket per spelling.
 
 State lives in this process only: with several instances each enforces its own limit (see README for
 what to put in front when scaled out).
@@ -25,10 +28,10 @@ class RateLimiter:
         self._lock = threading.Lock()
 
     def check(self, req: func.HttpRequest) -> None:
-        """Spend one token from the caller's bucket (client IP and origin together) or refuse with 429."""
+        """Spend one token from the caller's bucket or refuse with 429."""
         if self.rate <= 0:
             return
-        key = f"{client_ip(req)}|{req.headers.get('origin', '').lower()}"
+        key = client_ip(req)
         with self._lock:
             now = self.clock()
             level = self._level(key, now)
@@ -54,7 +57,7 @@ class RateLimiter:
 
 def client_ip(req: func.HttpRequest) -> str:
     """The address the platform front end appended last to X-Forwarded-For; earlier entries are the
-    client's own claims and cannot be trusted."""
+    client's own claims and cannot be trusted. (Under `func start` there is no front end: see README.)"""
     forwarded = req.headers.get("x-forwarded-for", "")
     last = forwarded.rsplit(",", 1)[-1].strip()
     if last.startswith("["):

@@ -1,7 +1,13 @@
-"""Builds everything a process needs once (settings, credential, pooled session) and hands out the handlers."""
+"""Builds everything a process needs once (settings, credential, pooled upstream) and hands out the handlers.
+
+Every handler runs inside one guard: it names the request (an id in the `X-Request-Id` header, in every
+error body and in every log line) and turns anything unexpected into `500 internal_error` carrying that id,
+never a stack trace.
+"""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from functools import wraps
 from pathlib import Path
 
 import azure.functions as func
@@ -10,14 +16,35 @@ from .connect import ConnectHandler
 from .cors import OriginPolicy
 from .credentials import credentials_for
 from .errors import ApiError, error_response, json_response
+from .logs import REQUEST_ID, logger, new_request_id
 from .policy import public_config
 from .ratelimit import RateLimiter
 from .settings import Settings, load_settings
 from .static_files import StaticFiles
-from .upstream import Upstream, pooled_session
+from .upstream import Upstream
 
 STATIC_ROOT = Path(__file__).resolve().parent.parent / "static"
 RESERVED = {"connect": "POST, OPTIONS", "config": "GET"}
+Handler = Callable[[func.HttpRequest], Awaitable[func.HttpResponse]]
+log = logger(__name__)
+
+
+def guarded(handler: Handler) -> Handler:
+    @wraps(handler)
+    async def run(req: func.HttpRequest) -> func.HttpResponse:
+        request_id = new_request_id(req.headers.get("traceparent"))
+        token = REQUEST_ID.set(request_id)
+        try:
+            response = await handler(req)
+        except Exception:
+            log.exception("unexpected failure in %s %s", req.method, handler.__name__)
+            response = error_response(ApiError(500, "internal_error", f"Something went wrong; quote {request_id}."))
+        finally:
+            REQUEST_ID.reset(token)
+        response.headers["X-Request-Id"] = request_id
+        return response
+
+    return run
 
 
 class RealtimeProxy:
@@ -25,24 +52,39 @@ class RealtimeProxy:
         self.settings = settings
         upstream = None
         if settings.configured:
-            upstream = Upstream(settings, credentials_for(settings.api_key), pooled_session())
+            credentials = credentials_for(
+                settings.api_key, settings.managed_identity_client_id, settings.limits.deadline_seconds
+            )
+            credentials.warm()
+            upstream = Upstream(settings, credentials)
         self.origins = OriginPolicy(settings.allowed_origins)
-        limiter = RateLimiter(settings.limits.rate_limit_per_minute, settings.limits.rate_limit_burst)
-        self.connect = ConnectHandler(settings, upstream, self.origins, limiter)
+        self.limiter = RateLimiter(settings.limits.rate_limit_per_minute, settings.limits.rate_limit_burst)
+        self._connect = ConnectHandler(settings, upstream, self.origins, self.limiter)
         self.files = StaticFiles(static_root)
+        self.connect = guarded(self._connect)
+        self.preflight = guarded(self._preflight)
+        self.config = guarded(self._config)
+        self.static = guarded(self._static)
+
+    async def aclose(self) -> None:
+        if self._connect.upstream:
+            await self._connect.upstream.aclose()
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str] | None = None) -> RealtimeProxy:
         return cls(load_settings(env))
 
-    def config(self, req: func.HttpRequest) -> func.HttpResponse:
+    async def _preflight(self, req: func.HttpRequest) -> func.HttpResponse:
+        return self._connect.preflight(req)
+
+    async def _config(self, req: func.HttpRequest) -> func.HttpResponse:
         try:
             cors = self.origins.check(req)
         except ApiError:
             cors = {"Vary": "Origin"}
         return json_response(public_config(self.settings.policy, self.settings.emulator), headers=cors)
 
-    def static(self, req: func.HttpRequest) -> func.HttpResponse:
+    async def _static(self, req: func.HttpRequest) -> func.HttpResponse:
         path = req.route_params.get("path", "") or ""
         allow = RESERVED.get(path.strip("/").lower())
         if allow:

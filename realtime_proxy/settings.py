@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -15,6 +16,8 @@ VOICES: tuple[str, ...] = ("alloy", "ash", "ballad", "coral", "echo", "sage", "s
 INSTRUCTION_MODES: tuple[str, ...] = ("append", "replace", "ignore")
 TURN_DETECTION_TYPES: tuple[str, ...] = ("server_vad", "semantic_vad", "none")
 DEFAULT_INSTRUCTIONS = "You are a helpful, friendly voice assistant. Keep answers short and conversational."
+_NOT_A_TOKEN = re.compile(r"[\s\x00-\x1f\x7f]")
+_PLACEHOLDER = re.compile(r"<[^<>]*>")
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class Settings:
     resource_url: str | None = None
     deployment: str = "gpt-realtime"
     api_key: str | None = field(default=None, repr=False)
+    managed_identity_client_id: str | None = None
     webrtc_filter: bool = False
     connect_auth_level: str = "anonymous"
     allowed_origins: tuple[str, ...] = ()
@@ -72,6 +76,12 @@ def normalize_base_url(raw: str) -> str:
     loopback = _is_loopback(parts.hostname)
     if parts.scheme not in ("https", "http") or not parts.hostname or (parts.scheme == "http" and not loopback):
         raise ValueError("must be an https:// URL such as https://my-resource.openai.azure.com")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0 or parts.netloc.endswith(":"):
+        raise ValueError("has a port that is not a number from 1 to 65535")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ValueError("must not carry a query, fragment or credentials")
     path = parts.path.rstrip("/")
@@ -91,6 +101,10 @@ def _is_loopback(host: str | None) -> bool:
         return False
 
 
+def _plain(number: float) -> str:
+    return str(int(number)) if number == int(number) else str(number)
+
+
 class _Reader:
     """Reads typed values from the environment, noting each bad one by name."""
 
@@ -102,7 +116,23 @@ class _Reader:
         value = self.env.get(name, "").strip()
         return value or default
 
-    def number(self, name: str, default: float, low: float, high: float) -> float:
+    def token(self, name: str, default: str | None = None) -> str | None:
+        """A one-line value (URL, key, name): a pasted newline or the example file's `<placeholder>` is a
+        problem named here, before it can reach an HTTP header or a log line."""
+        value = self.text(name)
+        return default if value is None or self._not_a_token(name, value) else value
+
+    def _not_a_token(self, name: str, value: str) -> bool:
+        if _PLACEHOLDER.search(value):
+            self.problems.append(f"{name} still holds the placeholder from local.settings.json.example")
+        elif _NOT_A_TOKEN.search(value):
+            self.problems.append(f"{name} must be one line without spaces or control characters")
+        else:
+            return False
+        return True
+
+    def number(self, name: str, default: float, low: float, high: float, off: float | None = None) -> float:
+        """A finite number in [low, high], or exactly `off` (the value that turns a feature off)."""
         raw = self.text(name)
         if raw is None:
             return default
@@ -110,8 +140,11 @@ class _Reader:
             value = float(raw)
         except ValueError:
             value = float("nan")
+        if value == off:
+            return value
         if not low <= value <= high:
-            self.problems.append(f"{name} must be a number from {low:g} to {high:g}")
+            either = f"{_plain(off)}, or " if off is not None else ""
+            self.problems.append(f"{name} must be {either}a number from {_plain(low)} to {_plain(high)}")
             return default
         return value
 
@@ -126,24 +159,26 @@ class _Reader:
         return self.choice(name, "false", ("true", "false", "1", "0", "yes", "no")) in ("true", "1", "yes")
 
     def items(self, name: str) -> tuple[str, ...]:
-        return tuple(item.strip() for item in (self.text(name) or "").split(",") if item.strip())
+        items = tuple(item.strip() for item in (self.text(name) or "").split(",") if item.strip())
+        return () if any(self._not_a_token(name, item) for item in items) else items
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     read = _Reader(os.environ if env is None else env)
     resource_url = None
-    raw_url = read.text("AZURE_OPENAI_BASE_URL")
-    if raw_url is None:
+    raw_url = read.token("AZURE_OPENAI_BASE_URL")
+    if read.text("AZURE_OPENAI_BASE_URL") is None:
         read.problems.append("AZURE_OPENAI_BASE_URL is not set")
-    else:
+    elif raw_url is not None:
         try:
             resource_url = normalize_base_url(raw_url)
         except ValueError as exc:
             read.problems.append(f"AZURE_OPENAI_BASE_URL {exc}")
     return Settings(
         resource_url=resource_url,
-        deployment=read.text("AZURE_OPENAI_DEPLOYMENT", "gpt-realtime") or "gpt-realtime",
-        api_key=read.text("AZURE_OPENAI_API_KEY"),
+        deployment=read.token("AZURE_OPENAI_DEPLOYMENT", "gpt-realtime") or "gpt-realtime",
+        api_key=read.token("AZURE_OPENAI_API_KEY"),
+        managed_identity_client_id=read.token("AZURE_CLIENT_ID"),
         webrtc_filter=read.flag("REALTIME_WEBRTC_FILTER"),
         connect_auth_level=read.choice("CONNECT_AUTH_LEVEL", "anonymous", ("anonymous", "function")),
         allowed_origins=tuple(origin.rstrip("/").lower() for origin in read.items("ALLOWED_ORIGINS")),
@@ -161,7 +196,7 @@ def _read_policy(read: _Reader) -> SessionPolicy:
         read.problems.append(f"REALTIME_ALLOWED_VOICES may only name: {', '.join(VOICES)}")
         voices = VOICES
     default_voice = read.choice("REALTIME_DEFAULT_VOICE", "marin" if "marin" in voices else voices[0], voices)
-    transcription = read.text("REALTIME_TRANSCRIPTION_MODEL", "whisper-1")
+    transcription = read.token("REALTIME_TRANSCRIPTION_MODEL", "whisper-1")
     return SessionPolicy(
         default_voice=default_voice,
         allowed_voices=voices,
@@ -182,6 +217,6 @@ def _read_limits(read: _Reader) -> Limits:
         connect_timeout=read.number("UPSTREAM_CONNECT_TIMEOUT_SECONDS", 3.05, 0.1, 10),
         read_timeout=read.number("UPSTREAM_READ_TIMEOUT_SECONDS", 10.0, 0.1, 25),
         deadline_seconds=read.number("CONNECT_DEADLINE_SECONDS", 25.0, 1, 28),
-        rate_limit_per_minute=read.number("RATE_LIMIT_PER_MINUTE", 30, 0, 100000),
+        rate_limit_per_minute=read.number("RATE_LIMIT_PER_MINUTE", 30, 1, 100000, off=0),
         rate_limit_burst=int(read.number("RATE_LIMIT_BURST", 10, 1, 100000)),
     )

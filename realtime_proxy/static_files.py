@@ -25,6 +25,7 @@ _TYPES = {
 }
 _TEXT = ("text/", "application/json", "application/manifest+json", "image/svg+xml")
 _NOT_FOUND = ApiError(404, "not_found", "No such page.")
+_MAX_PATH = 512  # far longer than any file in static/; longer paths only make the file system raise
 
 
 class StaticFiles:
@@ -59,17 +60,22 @@ class StaticFiles:
 
     def _resolve(self, path: str) -> Path:
         """Decode until stable so double-encoded dots and slashes cannot hide, then allow only plain names."""
+        if len(path) > _MAX_PATH:
+            raise _NOT_FOUND
         decoded, previous = path, None
         while decoded != previous:
             previous, decoded = decoded, unquote(decoded)
         parts = decoded.split("/") if decoded else []
         if any(not part or part.startswith(".") or "\\" in part or ":" in part or "\0" in part for part in parts):
             raise _NOT_FOUND  # also an absolute path: its first part is empty
-        file = (self.root / decoded).resolve() if decoded else self.root
-        if file.is_dir():
-            file = file / "index.html"
-        if not file.is_relative_to(self.root) or not file.is_file():
-            raise _NOT_FOUND
+        try:
+            file = (self.root / decoded).resolve() if decoded else self.root
+            if file.is_dir():
+                file = file / "index.html"
+            if not file.is_relative_to(self.root) or not file.is_file():
+                raise _NOT_FOUND
+        except (OSError, ValueError):  # a name the file system refuses is no page either
+            raise _NOT_FOUND from None
         return file
 
     def _read(self, file: Path) -> tuple[bytes, str]:

@@ -1,150 +1,191 @@
 """The two calls to Azure OpenAI (mint a client secret, exchange the SDP offer) and what their failures mean.
 
-One pooled `requests.Session` per process keeps a warm TLS connection to the resource; every call is
-bounded by explicit timeouts and a per-`/connect` deadline, and every failure becomes an ApiError
-whose message carries the upstream's reason with any secret scrubbed out.
+One pooled aiohttp session per event loop keeps warm connections to the resource. Nothing the resource
+answers is trusted further than it must be: redirects are refused (a credential or an offer goes nowhere
+but the configured resource), no cookies are kept, bodies are read up to a bound, and every failure
+becomes an ApiError whose message carries the upstream's reason with every secret in play scrubbed out.
+The caller bounds each call by the connect deadline.
 """
 from __future__ import annotations
 
-import logging
+import asyncio
+import ipaddress
+import json
 import math
 import os
 import re
-import time
+import ssl
+import urllib.request
 from dataclasses import dataclass
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
-import requests
-from requests.adapters import HTTPAdapter
+import aiohttp
+from multidict import CIMultiDictProxy
 
-from .credentials import Credentials
+from .credentials import PLAIN_TOKEN, Credentials
 from .errors import ApiError
+from .logs import logger, redact
 from .settings import Limits, Settings
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
+MAX_ANSWER_BYTES = 64 * 1024  # a real SDP answer is a few KiB; a real client-secret answer about one
+MAX_CONNECTIONS = 256  # per process; connections are reused, so this bounds sockets, not throughput
 _RETRY_BACKOFF_SECONDS = 0.25
-_SECRET_PATTERNS = re.compile(r"(ek_[A-Za-z0-9_-]+|Bearer\s+\S+|eyJ[A-Za-z0-9_.-]{20,})")
+_CALL_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 @dataclass(frozen=True)
 class Call:
     answer_sdp: str
-    location: str | None
+    call_id: str | None
 
     @property
-    def call_id(self) -> str | None:
-        if not self.location:
+    def location(self) -> str | None:
+        return f"/v1/realtime/calls/{self.call_id}" if self.call_id else None
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+    def json(self) -> object:
+        try:
+            return json.loads(self.body)
+        except (ValueError, RecursionError):
             return None
-        parts = urlsplit(self.location)
-        return parse_qs(parts.query).get("call_id", [None])[0] or parts.path.rstrip("/").rsplit("/", 1)[-1] or None
 
 
-class Deadline:
-    """Shrinks each request's timeouts so that a whole `/connect` ends in bounded time."""
-
-    def __init__(self, limits: Limits) -> None:
-        self.limits = limits
-        self.ends = time.monotonic() + limits.deadline_seconds
-
-    def remaining(self) -> float:
-        return self.ends - time.monotonic()
-
-    def timeouts(self) -> tuple[float, float]:
-        left = self.remaining()
-        if left <= 0.05:
-            raise ApiError(504, "upstream_timeout", "Azure OpenAI did not answer in time.")
-        return min(self.limits.connect_timeout, left), min(self.limits.read_timeout, left)
+def proxy_for(url: str) -> str | None:
+    """The proxy `requests` would choose for this URL (HTTPS_PROXY/HTTP_PROXY/ALL_PROXY, NO_PROXY with host
+    suffixes and CIDR ranges), read once at start-up: the resource URL is fixed, so per-request scans of
+    the environment would only cost time."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    proxies = urllib.request.getproxies_environment()
+    no_proxy = [entry.strip() for entry in proxies.get("no", "").split(",") if entry.strip()]
+    if urllib.request.proxy_bypass_environment(host, proxies) or _in_cidr(host, no_proxy):
+        return None
+    return proxies.get(parts.scheme) or proxies.get("all")
 
 
-def pooled_session(pool_size: int | None = None) -> requests.Session:
-    """Sized to the Functions worker thread pool so concurrent connects never wait for a socket.
-
-    Proxy and CA-bundle environment settings are read once here rather than on every request
-    (requests scans the whole environment per call when `trust_env` is on).
-    """
-    size = pool_size or int(os.environ.get("PYTHON_THREADPOOL_THREAD_COUNT") or min(32, (os.cpu_count() or 1) + 4))
-    session = requests.Session()
-    session.proxies = requests.utils.get_environ_proxies("https://openai.azure.com")
-    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-    session.trust_env = False
-    session.mount("https://", HTTPAdapter(pool_connections=1, pool_maxsize=size, max_retries=0))
-    session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=size, max_retries=0))
-    session.headers["User-Agent"] = "azure-functions-realtime-proxy/1.0"
-    return session
+def _in_cidr(host: str, entries: list[str]) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+        return any("/" in entry and address in ipaddress.ip_network(entry, strict=False) for entry in entries)
+    except ValueError:
+        return False
 
 
 class Upstream:
-    def __init__(self, settings: Settings, credentials: Credentials, session: requests.Session) -> None:
+    def __init__(self, settings: Settings, credentials: Credentials) -> None:
         self.settings = settings
         self.credentials = credentials
-        self.http = session
+        self.proxy = proxy_for(settings.endpoint("calls"))
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        self._ssl: ssl.SSLContext | bool = ssl.create_default_context(cafile=bundle) if bundle else True
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def mint_secret(self, session_config: dict, deadline: Deadline) -> str:
+    def _http(self) -> aiohttp.ClientSession:
+        """Created inside the running loop, as aiohttp requires; the worker has one loop per process."""
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._loop is not loop:
+            self._loop, limits = loop, self.settings.limits
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS, ssl=self._ssl),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                timeout=aiohttp.ClientTimeout(sock_connect=limits.connect_timeout, sock_read=limits.read_timeout),
+                headers={"User-Agent": "azure-functions-realtime-proxy/1.0"},
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session:
+            await self._session.close()
+        await self.credentials.aclose()
+
+    async def mint_secret(self, session_config: dict, auth: dict[str, str], deadline: float) -> str:
         """POST /realtime/client_secrets; retried once on a dropped connection or a 502/503, never more."""
         body = {
             "expires_after": {"anchor": "created_at", "seconds": self.settings.policy.secret_ttl_seconds},
             "session": session_config,
         }
-        auth = self.credentials.headers()
         for attempt in (1, 2):
             try:
-                response = self._post("client_secrets", deadline, json=body, headers=auth)
+                answer = await self._post("client_secrets", json=body, headers=auth)
             except ApiError as error:
-                if attempt == 1 and error.code == "upstream_unreachable" and self._backoff(deadline):
+                if attempt == 1 and error.code == "upstream_unreachable" and await self._backoff(deadline):
                     continue
                 raise
-            if attempt == 1 and response.status_code in (502, 503) and self._backoff(deadline):
-                log.info("client_secrets answered %s; retrying once", response.status_code)
+            if attempt == 1 and answer.status in (502, 503) and await self._backoff(deadline):
+                log.info("client_secrets answered %s; retrying once", answer.status)
                 continue
             break
-        if response.status_code != 200:
-            raise self._failure(response, "client_secrets", [auth])
-        try:
-            value = response.json()["value"]
-        except (ValueError, KeyError, TypeError):
-            value = None
+        if answer.status != 200:
+            raise self._failure(answer, "client_secrets", tuple(auth.values()))
+        payload = answer.json()
+        value = payload.get("value") if isinstance(payload, dict) else None
         if not isinstance(value, str) or not value:
             raise ApiError(502, "upstream_error", "Azure OpenAI answered the client-secret request without a secret.")
+        if not PLAIN_TOKEN.fullmatch(value):
+            raise ApiError(502, "upstream_error", "Azure OpenAI answered the client-secret request with a malformed secret.")
         return value
 
-    def create_call(self, offer_sdp: str, ephemeral_key: str, deadline: Deadline) -> Call:
+    async def create_call(self, offer_sdp: str, ephemeral_key: str) -> Call:
         """POST /realtime/calls with the offer byte for byte; never retried, the offer may have been consumed."""
-        response = self._post(
+        answer = await self._post(
             "calls",
-            deadline,
             data=offer_sdp.encode("utf-8"),
             headers={"Authorization": f"Bearer {ephemeral_key}", "Content-Type": "application/sdp"},
             params={"webrtcfilter": "on"} if self.settings.webrtc_filter else None,
         )
-        if not 200 <= response.status_code < 300:
-            raise self._failure(response, "calls", [{"key": ephemeral_key}])
-        answer = response.content.decode("utf-8", "replace")
-        if not answer.lstrip().startswith("v=0"):
+        if not 200 <= answer.status < 300:
+            raise self._failure(answer, "calls", (ephemeral_key,))
+        try:
+            sdp = answer.body.decode("utf-8")
+        except UnicodeDecodeError:
+            sdp = ""
+        if not sdp.lstrip().startswith("v=0"):
             raise ApiError(502, "upstream_error", "Azure OpenAI answered the offer without an SDP answer.")
-        return Call(answer, response.headers.get("Location"))
+        return Call(sdp, _call_id(answer.headers.get("Location")))
 
-    def _backoff(self, deadline: Deadline) -> bool:
+    async def _backoff(self, deadline: float) -> bool:
         """Waits before the one retry; False when the deadline leaves no room for it."""
-        if deadline.remaining() < _RETRY_BACKOFF_SECONDS + self.settings.limits.connect_timeout:
+        left = deadline - asyncio.get_running_loop().time()
+        if left < _RETRY_BACKOFF_SECONDS + self.settings.limits.connect_timeout:
             return False
-        time.sleep(_RETRY_BACKOFF_SECONDS)
+        await asyncio.sleep(_RETRY_BACKOFF_SECONDS)
         return True
 
-    def _post(self, name: str, deadline: Deadline, **kwargs) -> requests.Response:
+    async def _post(self, name: str, **kwargs: object) -> Answer:
         try:
-            return self.http.post(self.settings.endpoint(name), timeout=deadline.timeouts(), **kwargs)
-        except requests.Timeout:
+            async with self._http().post(
+                self.settings.endpoint(name), allow_redirects=False, proxy=self.proxy, **kwargs  # type: ignore[arg-type]
+            ) as response:
+                return Answer(response.status, response.headers, await _bounded_body(response))
+        except TimeoutError:
             log.warning("%s: timed out", name)
             raise ApiError(504, "upstream_timeout", "Azure OpenAI did not answer in time.") from None
-        except requests.ConnectionError:
-            log.warning("%s: could not connect", name)
+        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            log.warning("%s: could not connect (%s)", name, type(exc).__name__)
             raise ApiError(
                 502, "upstream_unreachable", "Could not reach the Azure OpenAI resource; check AZURE_OPENAI_BASE_URL."
             ) from None
+        except aiohttp.ClientError as exc:
+            log.warning("%s: the answer broke off (%s)", name, type(exc).__name__)
+            raise ApiError(502, "upstream_error", "Azure OpenAI's answer broke off or was malformed; retry.") from None
 
-    def _failure(self, response: requests.Response, stage: str, secrets: list[dict[str, str]]) -> ApiError:
-        reason = _scrub(_upstream_reason(response), secrets)
-        status = response.status_code
+    def _failure(self, answer: Answer, stage: str, secrets: tuple[str, ...]) -> ApiError:
+        status = answer.status
+        if 300 <= status < 400:
+            where = redact(_without_query(answer.headers.get("Location", "")), secrets)
+            log.warning("%s: Azure OpenAI answered %s, a redirect to %s", stage, status, where or "nowhere")
+            return ApiError(
+                502, "upstream_error", f"Azure OpenAI answered {status}, a redirect to {where or 'nowhere'}; redirects are not followed."
+            )
+        reason = _shorten(redact(_upstream_reason(answer), secrets))
         log.warning("%s: Azure OpenAI answered %s: %s", stage, status, reason)
         detail = f" Azure OpenAI said: {reason}" if reason else ""
         if status in (401, 403):
@@ -162,7 +203,7 @@ class Upstream:
                 f"check AZURE_OPENAI_DEPLOYMENT and AZURE_OPENAI_BASE_URL.{detail}",
             )
         if status == 429:
-            retry_after = _retry_after(response)
+            retry_after = _retry_after(answer.headers)
             return ApiError(
                 429,
                 "upstream_rate_limited",
@@ -174,32 +215,64 @@ class Upstream:
         return ApiError(502, "upstream_error", f"Azure OpenAI failed ({status}).{detail}")
 
 
-def _upstream_reason(response: requests.Response) -> str:
+async def _bounded_body(response: aiohttp.ClientResponse) -> bytes:
+    """Reads at most MAX_ANSWER_BYTES; anything larger is not an answer this app relays or parses."""
+    body = bytearray()
+    while chunk := await response.content.read(MAX_ANSWER_BYTES + 1 - len(body)):
+        body += chunk
+        if len(body) > MAX_ANSWER_BYTES:
+            raise aiohttp.ClientPayloadError(f"answer larger than {MAX_ANSWER_BYTES} bytes")
+    return bytes(body)
+
+
+def _call_id(location: str | None) -> str | None:
+    """The call id is the last path segment of Location (or its `call_id` query parameter). A Location
+    that yields none is logged, not fatal: the call exists and the browser still needs its answer."""
+    if not location:
+        return None
+    try:
+        parts = urlsplit(location)
+    except ValueError:
+        parts = urlsplit("")
+    query = dict(pair.partition("=")[::2] for pair in parts.query.split("&") if pair)
+    call_id = query.get("call_id") or parts.path.rsplit("/", 1)[-1]
+    if _CALL_ID.fullmatch(call_id):
+        return call_id
+    log.warning("calls: Azure OpenAI answered with a Location that holds no call id: %r", _shorten(location))
+    return None
+
+
+def _upstream_reason(answer: Answer) -> str:
     """The service's own message when it sent JSON; gateway HTML pages are not worth repeating."""
+    payload = answer.json()
+    error = payload.get("error") if isinstance(payload, dict) else None
+    message = error.get("message") if isinstance(error, dict) else error
+    return " ".join(str(message).split()) if message else ""
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    """Truncates only text that is already redacted, so no secret survives as a prefix at the cut."""
+    text = "".join(char if char.isprintable() else " " for char in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _without_query(url: str) -> str:
     try:
-        error = response.json().get("error")
-        message = error.get("message") if isinstance(error, dict) else error
-    except (ValueError, AttributeError):
-        return ""
-    return " ".join(str(message).split())[:300] if message else ""
+        parts = urlsplit(url)
+    except ValueError:
+        return _shorten(url.split("?", 1)[0], 200)
+    return _shorten(f"{parts.scheme}://{parts.netloc}{parts.path}" if parts.netloc else parts.path, 200)
 
 
-def _scrub(text: str, secrets: list[dict[str, str]]) -> str:
-    for headers in secrets:
-        for value in headers.values():
-            token = value.removeprefix("Bearer ")
-            if len(token) >= 4:
-                text = text.replace(token, "[redacted]")
-    return _SECRET_PATTERNS.sub("[redacted]", text)
-
-
-def _retry_after(response: requests.Response) -> str | None:
-    seconds = response.headers.get("Retry-After")
-    if seconds and seconds.strip().isdigit():
-        return seconds.strip()
+def _retry_after(headers: CIMultiDictProxy[str]) -> str | None:
+    """Whole seconds from Retry-After or retry-after-ms, clamped to an hour; nonsense is dropped."""
+    seconds = headers.get("Retry-After", "").strip()
+    if seconds.isascii() and seconds.isdigit():
+        return str(min(3600, max(1, int(seconds) if len(seconds) <= 5 else 3600)))
     try:
-        milliseconds = float(response.headers.get("retry-after-ms", ""))
+        milliseconds = float(headers.get("retry-after-ms", ""))
     except ValueError:
         return None
-    return str(max(1, math.ceil(milliseconds / 1000)))
-
+    if math.isnan(milliseconds) or milliseconds < 0:
+        return None
+    return str(max(1, math.ceil(min(milliseconds / 1000, 3600))))

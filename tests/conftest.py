@@ -1,9 +1,11 @@
 """Real local servers for every test: a fake Azure OpenAI and a managed-identity endpoint on loopback."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Awaitable, Callable, Iterator
 
 import azure.functions as func
 import pytest
@@ -21,12 +23,13 @@ OFFER = (
     "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\n"
 )
 CREDENTIAL_ENV = ("AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE",
-                  "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET", "AZURE_OPENAI_API_KEY")
+                  "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET", "AZURE_OPENAI_API_KEY",
+                  *(name for base in ("http_proxy", "https_proxy", "all_proxy", "no_proxy") for name in (base, base.upper())))
 
 
 @pytest.fixture(autouse=True)
 def clean_credential_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No credential from the developer's own shell may leak into a test."""
+    """No credential or proxy setting from the developer's own shell may leak into a test."""
     for name in CREDENTIAL_ENV:
         monkeypatch.delenv(name, raising=False)
 
@@ -53,11 +56,47 @@ def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     return caplog
 
 
-def make_proxy(fake: FakeAzureOpenAI, api_key: str | None = API_KEY, **env: str) -> RealtimeProxy:
+# One event loop thread for every in-process test, as the Functions worker runs one loop per process.
+WORKER_LOOP = asyncio.new_event_loop()
+threading.Thread(target=WORKER_LOOP.run_forever, name="worker-loop", daemon=True).start()
+
+
+def on_worker_loop(handler: Callable[[func.HttpRequest], Awaitable[func.HttpResponse]]) -> Callable[[func.HttpRequest], func.HttpResponse]:
+    return lambda req: asyncio.run_coroutine_threadsafe(handler(req), WORKER_LOOP).result()
+
+
+class Driven:
+    """A RealtimeProxy whose async handlers tests call like functions; each runs on the worker loop."""
+
+    made: list[RealtimeProxy] = []
+
+    def __init__(self, proxy: RealtimeProxy) -> None:
+        Driven.made.append(proxy)
+        self.settings = proxy.settings
+        self.limiter = proxy.limiter
+        self.connect = on_worker_loop(proxy.connect)
+        self.preflight = on_worker_loop(proxy.preflight)
+        self.config = on_worker_loop(proxy.config)
+        self.static = on_worker_loop(proxy.static)
+
+
+@pytest.fixture(autouse=True)
+def close_proxies() -> Iterator[None]:
+    """Each test's proxies release their upstream connections, as a worker does when it shuts down."""
+    yield
+    while Driven.made:
+        asyncio.run_coroutine_threadsafe(Driven.made.pop().aclose(), WORKER_LOOP).result()
+
+
+def driven(env: dict[str, str]) -> Driven:
+    return Driven(RealtimeProxy.from_environ(env))
+
+
+def make_proxy(fake: FakeAzureOpenAI, api_key: str | None = API_KEY, **env: str) -> Driven:
     settings = {"AZURE_OPENAI_BASE_URL": fake.url, **env}
     if api_key:
         settings["AZURE_OPENAI_API_KEY"] = api_key
-    return RealtimeProxy.from_environ(settings)
+    return driven(settings)
 
 
 def multipart(fields: dict[str, str]) -> tuple[bytes, str]:

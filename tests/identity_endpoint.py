@@ -14,6 +14,7 @@ class IdentityEndpoint:
         self.header = secrets.token_hex(8)
         self.requests: list[dict[str, str]] = []
         self.fail_with: int | None = None
+        self.delay = 0.0  # seconds each answer stalls (a slow or hung identity endpoint)
         self.on_token = on_token
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -37,6 +38,7 @@ class IdentityEndpoint:
             def do_GET(self) -> None:
                 query = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
                 endpoint.requests.append(query)
+                time.sleep(endpoint.delay)
                 if self.headers.get("X-IDENTITY-HEADER") != endpoint.header or query.get("api-version") != "2019-08-01":
                     return self._send(400, {"error": "invalid_request", "error_description": "bad header or version"})
                 if endpoint.fail_with:

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from localdev.fake_openai import Fault
-from tests.conftest import API_KEY, OFFER, error_of, make_proxy, multipart, offer_request, request
+from tests.conftest import API_KEY, OFFER, driven, error_of, make_proxy, multipart, offer_request, request
 
 SECRET_MARKERS = (API_KEY, "ek_", "Bearer", "Traceback")
 
@@ -188,9 +188,7 @@ def test_an_unreachable_resource_is_reported(fake) -> None:
 
 
 def test_missing_configuration_names_the_setting_not_its_value(fake) -> None:
-    from realtime_proxy.service import RealtimeProxy
-
-    proxy = RealtimeProxy.from_environ({"AZURE_OPENAI_API_KEY": API_KEY, "REALTIME_SESSION_TTL_SECONDS": "99999"})
+    proxy = driven({"AZURE_OPENAI_API_KEY": API_KEY, "REALTIME_SESSION_TTL_SECONDS": "99999"})
     response = proxy.connect(offer_request())
     error = error_of(response)
     assert (response.status_code, error["code"]) == (503, "not_configured")
@@ -213,4 +211,5 @@ def test_webrtc_filter_setting_adds_the_query_parameter(fake) -> None:
 
 def test_server_timing_reports_both_upstream_stages(fake) -> None:
     response = make_proxy(fake).connect(offer_request())
-    assert response.headers["Server-Timing"].startswith("secret;dur=") and "call;dur=" in response.headers["Server-Timing"]
+    stages = [entry.split(";")[0].strip() for entry in response.headers["Server-Timing"].split(",")]
+    assert stages == ["credential", "secret", "call"]

@@ -21,9 +21,9 @@ def test_managed_identity_token_is_fetched_once_and_reused(fake, identity, logs)
     assert token not in logs.text
 
 
-def test_user_assigned_identity_is_chosen_by_azure_client_id(fake, identity, monkeypatch) -> None:
-    monkeypatch.setenv("AZURE_CLIENT_ID", "4c7f0c9e-0000-4000-8000-00000000beef")
-    assert make_proxy(fake, api_key=None).connect(offer_request()).status_code == 201
+def test_user_assigned_identity_is_chosen_by_azure_client_id(fake, identity) -> None:
+    proxy = make_proxy(fake, api_key=None, AZURE_CLIENT_ID="4c7f0c9e-0000-4000-8000-00000000beef")
+    assert proxy.connect(offer_request()).status_code == 201
     assert identity.requests[0]["client_id"] == "4c7f0c9e-0000-4000-8000-00000000beef"
 
 

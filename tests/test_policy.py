@@ -5,7 +5,6 @@ import json
 
 import pytest
 
-from realtime_proxy.ratelimit import RateLimiter
 from tests.conftest import error_of, make_proxy, offer_request, request
 
 APP = "https://app.contoso.com"
@@ -24,7 +23,7 @@ def test_an_allowed_origin_gets_cors_headers_and_exposed_location(fake) -> None:
     assert response.status_code == 201
     assert response.headers["Access-Control-Allow-Origin"] == APP
     assert response.headers["Vary"] == "Origin"
-    assert set(response.headers["Access-Control-Expose-Headers"].split(", ")) == {"Location", "Retry-After", "Server-Timing"}
+    assert set(response.headers["Access-Control-Expose-Headers"].split(", ")) == {"Location", "Retry-After", "Server-Timing", "X-Request-Id"}
 
 
 def test_same_origin_and_non_browser_callers_need_no_allowlist(fake) -> None:
@@ -41,10 +40,10 @@ def test_wildcard_only_when_set(fake) -> None:
 
 def test_preflight(fake) -> None:
     proxy = make_proxy(fake, ALLOWED_ORIGINS=APP)
-    ok = proxy.connect.preflight(request(method="OPTIONS", headers={"origin": APP, "access-control-request-method": "POST"}))
+    ok = proxy.preflight(request(method="OPTIONS", headers={"origin": APP, "access-control-request-method": "POST"}))
     assert ok.status_code == 204
     assert ok.headers["Access-Control-Allow-Origin"] == APP and "POST" in ok.headers["Access-Control-Allow-Methods"]
-    refused = proxy.connect.preflight(request(method="OPTIONS", headers={"origin": "https://evil.example"}))
+    refused = proxy.preflight(request(method="OPTIONS", headers={"origin": "https://evil.example"}))
     assert (refused.status_code, error_of(refused, method="OPTIONS")["code"]) == (403, "origin_not_allowed")
     assert fake.requests == []
 
@@ -88,7 +87,7 @@ def test_config_tells_the_browser_its_choices_and_nothing_secret(fake) -> None:
 def test_rate_limit_trips_and_recovers(fake) -> None:
     now = [1000.0]
     proxy = make_proxy(fake, RATE_LIMIT_PER_MINUTE="60", RATE_LIMIT_BURST="2")
-    proxy.connect.limiter = RateLimiter(60, 2, clock=lambda: now[0])
+    proxy.limiter.clock = lambda: now[0]
     client = {"x-forwarded-for": "203.0.113.9, 198.51.100.7"}
     assert [proxy.connect(offer_request(headers=client)).status_code for _ in range(2)] == [201, 201]
     limited = proxy.connect(offer_request(headers=client))
