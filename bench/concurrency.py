@@ -2,16 +2,20 @@
 
 In one run, against one fake upstream (`bench/fake_upstream.py`, 150 ms per request by default, so a connect
 spends ~300 ms upstream):
-- cold start of one app worker process: process start -> first 201, with an API key and with managed identity
-  (token endpoint on loopback with a realistic delay), and how long the first connect itself took;
-- for 50 and 200 clients, N connects through the app (`bench/function_host.py`: the Python worker's dispatch,
+- cold start of one app worker process, process start -> first 201, for a bare app (the baseline), the app with
+  an API key, and the app with managed identity (token endpoint on loopback with a realistic delay), with how
+  long the first connect itself took (the upstream answers at once here, so that is the app's own time);
+- for 50 and 200 clients, N connects through the app (`bench/function_host.py`, dispatching as Azure's Python
+  worker does: the real `azure-functions-runtime` library when Python 3.13 is around, else an emulation; with
   `FUNCTIONS_WORKER_PROCESS_COUNT` processes) and through the original Worker under workerd
-  (`../shared/seed/run-seed-worker.sh`): throughput, p50, p99, errors, upstream TCP connections opened, CPU ms
-  per connect of the serving processes, and the app/Worker ratios against issue 8's goals.
+  (`../shared/seed/run-seed-worker.sh`): throughput, p50, p99, errors, upstream TCP connections opened during the
+  run, CPU ms per connect of the serving processes, and the app/Worker ratios against issue 8's goals.
 Worker settings come from the environment, else from local.settings.json.example (what the project ships).
-The machine's other load skews everything; the ratios, measured in the same run, skew least.
+Other load on the machine skews every figure (the load average is printed); the ratios, measured in the same
+run, skew least. Take the real figures from a quiet machine.
 
-    ./dev bench concurrency [-n 600] [--clients 50,200] [--latency 0.15] [--targets app,worker] [--json]
+    ./dev bench concurrency [-n 600] [--clients 50,200] [--latency 0.15] [--dispatch auto|runtime|emulated]
+                            [--targets app,worker] [--app-root DIR] [--json]
 """
 from __future__ import annotations
 
