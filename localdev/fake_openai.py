@@ -241,6 +241,7 @@ def _only(obj: object, allowed: set[str], where: str) -> None:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 512  # a burst of new connections queues like at a real front end instead of being reset
 
 
 def _handler_for(fake: FakeAzureOpenAI) -> type[BaseHTTPRequestHandler]:
