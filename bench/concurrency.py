@@ -93,7 +93,7 @@ class AppHost:
 
     @classmethod
     def choose(cls, dispatch: str, app_root: Path) -> AppHost:
-        runtime = dispatch == "runtime" or (dispatch == "auto" and runtime_env.python313() is not None)
+        runtime = dispatch == "runtime" or (dispatch == "auto" and runtime_env.available())
         return cls(str(runtime_env.ensure(app_root)) if runtime else sys.executable, runtime, app_root)
 
     def argv(self, port: int) -> list[str]:
@@ -347,7 +347,7 @@ def main() -> None:
     parser.add_argument("--dispatch", choices=("auto", "runtime", "emulated"), default="auto",
                         help="runtime: the real worker library (azure-functions-runtime, Python 3.13, venv built on "
                              "first use); emulated: function_host.py's copy of its dispatch; auto: runtime if Python "
-                             "3.13 is found")
+                             "3.13 and FUNCTIONS_HOST_PROTOS are there")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     parser.add_argument("--app-root", type=lambda p: Path(p).resolve(), default=ROOT,
                         help="folder with function_app.py to measure, e.g. a `git archive` of one commit while the "

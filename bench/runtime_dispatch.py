@@ -8,7 +8,7 @@ event loop, and converts the answer back. Here the proxy's part is played in-pro
 go through their wire encoding and straight into the library; the gRPC socket is the only thing left out.
 
 Needs the venv `bench/runtime_env.py` builds (the library, the app's requirements, and the host's protos
-compiled from bench/protos/).
+compiled from $FUNCTIONS_HOST_PROTOS).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import azure_functions_runtime as library
 from aiohttp import web
 from azure_functions_runtime.handle_event import _functions as indexed  # the library's registry: sync or async
 
-import FunctionRpc_pb2 as rpc  # compiled by runtime_env.py from bench/protos/
+import FunctionRpc_pb2 as rpc  # compiled by runtime_env.py from $FUNCTIONS_HOST_PROTOS
 from routing import literal_path
 from shared import NullableTypes_pb2
 

@@ -1,7 +1,12 @@
 """Builds, once, the Python 3.13 venv in which `function_host.py --runtime` runs the app under the real worker
 library (`azure-functions-runtime` needs 3.13+; the project's .venv is older), with the host's protos compiled.
 
-    python bench/runtime_env.py [APP_ROOT]     # prints the venv's python; rebuilt when its inputs change
+The protos (the host <-> worker gRPC contract, `FunctionRpc.proto` and its imports) are not part of this repo:
+point FUNCTIONS_HOST_PROTOS at the `proto` folder of a checkout of the Functions language-worker protobuf
+(e.g. azure-functions-python-worker's `azure_functions_worker/protos/_src/src/proto`). Without it, or without
+Python 3.13, `--dispatch auto` uses the emulated dispatch (which measured the same CPU per connect).
+
+    FUNCTIONS_HOST_PROTOS=DIR python bench/runtime_env.py [APP_ROOT]   # prints the venv's python
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-PROTOS = BENCH / "protos"
+PROTOS = Path(os.environ["FUNCTIONS_HOST_PROTOS"]) if os.environ.get("FUNCTIONS_HOST_PROTOS") else None
 VENV = Path(os.environ.get("BENCH_RUNTIME_VENV") or Path.home() / ".cache" / "realtime-bench" / "runtime-venv")
 PACKAGES = ["azure-functions-runtime>=1.3,<2", "grpcio-tools", "aiohttp>=3.11,<4", "Werkzeug>=3.0,<4"]
 
@@ -25,8 +30,14 @@ def python313() -> str | None:
     return pyenv[-1] if pyenv else shutil.which("python3.13")
 
 
+def available() -> bool:
+    return PROTOS is not None and (PROTOS / "FunctionRpc.proto").is_file() and python313() is not None
+
+
 def ensure(app_root: Path) -> Path:
     """The venv's python, after (re)building it if the app's requirements, the protos or PACKAGES changed."""
+    if PROTOS is None:
+        raise SystemExit("set FUNCTIONS_HOST_PROTOS to the host's proto folder (see bench/runtime_env.py), or use --dispatch emulated")
     inputs = [app_root / "requirements.txt", *sorted(PROTOS.rglob("*.proto"))]
     want = hashlib.sha256(b"".join(p.read_bytes() for p in inputs) + repr(PACKAGES).encode()).hexdigest()
     python, stamp = VENV / "bin" / "python", VENV / ".inputs.sha"
