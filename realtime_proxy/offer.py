@@ -1,8 +1,7 @@
 """Reads a `/connect` request in any of its three forms and refuses bad input before anything goes upstream.
 
 Forms: `multipart/form-data` (the original contract), a JSON object, or a raw `application/sdp` body with
-`voice`/`instructions` in the query string (what OpenAI-style clients send). Multipart is parsed with
-Werkzeug's sans-I/O decoder (azure-functions already depends on Werkzeug), so no HTTP client is loaded for it.
+`voice`/`instructions` in the query string (what OpenAI-style clients send).
 """
 from __future__ import annotations
 
@@ -12,9 +11,8 @@ from dataclasses import dataclass
 from email.message import Message
 
 import azure.functions as func
-from werkzeug.sansio.multipart import Data, Epilogue, Field, MultipartDecoder, NeedData
-
 from .errors import ApiError
+from .multipart import form_parts
 from .settings import Limits, SessionPolicy
 
 FIELDS = ("sdp", "voice", "instructions")
@@ -24,7 +22,6 @@ _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]
 # escape sequence, exotic line breaks) is refused here, before the service can refuse it at the owner's cost.
 # static/openapi.json states the same pattern (a test holds them equal).
 SDP_OFFER = re.compile(r"v=0\r?\n(?:[\t\x20-\x7e]*\r?\n)*m=audio[\t\x20-\x7e]*(?:\r?\n[\t\x20-\x7e]*)*\Z")
-_MALFORMED = "The multipart/form-data body is malformed."
 
 
 @dataclass(frozen=True)
@@ -90,23 +87,13 @@ def _multipart_fields(body: bytes, header: Message) -> dict[str, str]:
     boundary = header.get_param("boundary")
     if not isinstance(boundary, str) or not _BOUNDARY.fullmatch(boundary):
         raise ApiError(400, "bad_request", "The multipart/form-data Content-Type has no valid boundary.")
-    decoder = MultipartDecoder(boundary.encode("ascii"))
-    decoder.receive_data(body)
-    decoder.receive_data(None)
-    fields: dict[str, bytearray] = {}
-    current: bytearray | None = None
     try:
-        while not isinstance(event := decoder.next_event(), Epilogue):
-            if isinstance(event, Field):
-                current = fields.setdefault(event.name, bytearray()) if event.name in FIELDS else None
-            elif isinstance(event, Data):
-                if current is not None:
-                    current += event.data
-            elif isinstance(event, NeedData):  # the body ended inside a part
-                raise ValueError("truncated")
-    except ValueError:  # also non-UTF-8 part headers
-        raise ApiError(400, "bad_request", _MALFORMED) from None
-    return {name: _text(bytes(value)) for name, value in fields.items()}
+        parts = form_parts(body, boundary, FIELDS)
+    except UnicodeDecodeError:
+        raise ApiError(400, "bad_request", "The multipart/form-data part headers are not UTF-8.") from None
+    except ValueError as exc:
+        raise ApiError(400, "bad_request", f"The multipart/form-data body is malformed: {exc}.") from None
+    return {name: _text(value) for name, value in parts.items()}
 
 
 def _json_fields(body: bytes) -> dict[str, str]:

@@ -248,6 +248,8 @@ def test_every_legal_spelling_of_the_multipart_boundary_works(fake, content_type
         (OFFER.replace("s=-", "s=\x00-").encode(), "application/sdp", 400, "invalid_sdp"),
         (OFFER.replace("s=-", "s=\x1b[31m-").encode(), "application/sdp", 400, "invalid_sdp"),
         (multipart_body("a" * 71), "multipart/form-data; boundary=" + "a" * 71, 400, "bad_request"),
+        (multipart_body("b").replace(b"name=\"voice\"", b"name=\"sdp\""), "multipart/form-data; boundary=b", 400, "bad_request"),
+        (multipart_body("b").replace(b"\r\n\r\nash", b"ash"), "multipart/form-data; boundary=b", 400, "bad_request"),
     ],
 )
 def test_malformed_bodies_get_a_clear_4xx_and_reach_nothing(fake, body: bytes, content_type: str, status: int, code: str) -> None:
