@@ -13,17 +13,22 @@ from .offer import Offer, read_offer
 from .policy import session_config
 from .ratelimit import RateLimiter
 from .settings import Settings
+from .telemetry import NoTelemetry, Record, Telemetry
 from .upstream import Upstream
 
 log = logger(__name__)
 
 
 class ConnectHandler:
-    def __init__(self, settings: Settings, upstream: Upstream | None, origins: OriginPolicy, limiter: RateLimiter) -> None:
+    def __init__(
+        self, settings: Settings, upstream: Upstream | None, origins: OriginPolicy, limiter: RateLimiter,
+        telemetry: Telemetry | NoTelemetry,
+    ) -> None:
         self.settings = settings
         self.upstream = upstream
         self.origins = origins
         self.limiter = limiter
+        self.telemetry = telemetry
 
     def preflight(self, req: func.HttpRequest) -> func.HttpResponse:
         try:
@@ -33,20 +38,22 @@ class ConnectHandler:
 
     async def __call__(self, req: func.HttpRequest) -> func.HttpResponse:
         cors: dict[str, str] = {}
-        try:
-            cors = self.origins.check(req)
-            if self.upstream is None:
-                raise ApiError(
-                    503, "not_configured", "The function app is not configured: " + "; ".join(self.settings.problems) + "."
-                )
-            self.limiter.check(req)
-            offer = read_offer(req, self.settings.policy, self.settings.limits)
-            return await self._exchange(self.upstream, offer, cors)
-        except ApiError as error:
-            log.info("connect refused: %s %s", error.status, error.code)
-            return error_response(error, cors)
+        with self.telemetry.connect(req, self.settings.deployment) as record:
+            try:
+                cors = self.origins.check(req)
+                if self.upstream is None:
+                    raise ApiError(
+                        503, "not_configured", "The function app is not configured: " + "; ".join(self.settings.problems) + "."
+                    )
+                self.limiter.check(req)
+                offer = read_offer(req, self.settings.policy, self.settings.limits)
+                record.offer(offer)
+                return record.done(await self._exchange(self.upstream, offer, cors, record), "ok")
+            except ApiError as error:
+                log.info("connect refused: %s %s", error.status, error.code)
+                return record.done(error_response(error, cors), error.code)
 
-    async def _exchange(self, upstream: Upstream, offer: Offer, cors: dict[str, str]) -> func.HttpResponse:
+    async def _exchange(self, upstream: Upstream, offer: Offer, cors: dict[str, str], record: Record) -> func.HttpResponse:
         """Everything upstream, token included, runs under one deadline: whatever the resource or the identity
         endpoint does (stall, drip one byte at a time), the caller has an answer by then."""
         deadline = asyncio.get_running_loop().time() + self.settings.limits.deadline_seconds
@@ -54,12 +61,16 @@ class ConnectHandler:
         started = time.perf_counter()
         try:
             async with asyncio.timeout_at(deadline):
+                record.stage("credential")
                 auth = await upstream.credentials.headers()
                 stage, authorised = "client_secrets", time.perf_counter()
+                record.stage(stage)
                 config = session_config(self.settings.policy, self.settings.deployment, offer)
                 secret = await upstream.mint_secret(config, auth, deadline)
                 stage, minted = "calls", time.perf_counter()
+                record.stage(stage)
                 call = await upstream.create_call(offer.sdp, secret)
+                record.call(call)
         except TimeoutError:
             log.warning("connect deadline passed during %s", stage)
             if stage == "credential":

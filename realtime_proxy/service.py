@@ -6,6 +6,7 @@ never a stack trace.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from functools import wraps
 from pathlib import Path
@@ -21,7 +22,7 @@ from .policy import public_config
 from .ratelimit import RateLimiter
 from .settings import Settings, load_settings
 from .static_files import StaticFiles
-from .upstream import Upstream
+from .telemetry import NO_TELEMETRY, NoTelemetry, Telemetry, telemetry_from_environ
 
 STATIC_ROOT = Path(__file__).resolve().parent.parent / "static"
 RESERVED = {"connect": "POST, OPTIONS", "config": "GET"}
@@ -37,7 +38,8 @@ def guarded(handler: Handler) -> Handler:
         try:
             response = await handler(req)
         except Exception:
-            log.exception("unexpected failure in %s %s", req.method, handler.__name__)
+            name = getattr(handler, "__name__", type(handler).__name__)  # ConnectHandler is an object, not a function
+            log.exception("unexpected failure in %s %s", req.method, name)
             response = error_response(ApiError(500, "internal_error", f"Something went wrong; quote {request_id}."))
         finally:
             REQUEST_ID.reset(token)
@@ -48,7 +50,9 @@ def guarded(handler: Handler) -> Handler:
 
 
 class RealtimeProxy:
-    def __init__(self, settings: Settings, static_root: Path = STATIC_ROOT) -> None:
+    def __init__(
+        self, settings: Settings, static_root: Path = STATIC_ROOT, telemetry: Telemetry | NoTelemetry = NO_TELEMETRY
+    ) -> None:
         self.settings = settings
         upstream = None
         if settings.configured:
@@ -56,10 +60,10 @@ class RealtimeProxy:
                 settings.api_key, settings.managed_identity_client_id, settings.limits.deadline_seconds
             )
             credentials.warm()
-            upstream = Upstream(settings, credentials)
+            upstream = telemetry.upstream(settings, credentials)
         self.origins = OriginPolicy(settings.allowed_origins)
         self.limiter = RateLimiter(settings.limits.rate_limit_per_minute, settings.limits.rate_limit_burst)
-        self._connect = ConnectHandler(settings, upstream, self.origins, self.limiter)
+        self._connect = ConnectHandler(settings, upstream, self.origins, self.limiter, telemetry)
         self.files = StaticFiles(static_root)
         self.connect = guarded(self._connect)
         self.preflight = guarded(self._preflight)
@@ -72,7 +76,7 @@ class RealtimeProxy:
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str] | None = None) -> RealtimeProxy:
-        return cls(load_settings(env))
+        return cls(load_settings(env), telemetry=telemetry_from_environ(os.environ if env is None else env))
 
     async def _preflight(self, req: func.HttpRequest) -> func.HttpResponse:
         return self._connect.preflight(req)
