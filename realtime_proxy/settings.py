@@ -49,6 +49,19 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class SharedLimits:
+    """Limits for the whole app, kept in its own storage account (see realtime_proxy/admission.py)."""
+
+    storage: str | None = field(default=None, repr=False)  # AzureWebJobsStorage connection string
+    storage_endpoint: str | None = None  # identity-based: the account's table endpoint
+    app_rate_per_minute: int = 0
+    max_active_sessions: int = 0
+    max_active_sessions_per_client: int = 0
+    max_session_seconds: int = 0  # 0: the service's own limit (60 minutes)
+    fail_mode: str = "closed"
+
+
+@dataclass(frozen=True)
 class Settings:
     resource_url: str | None = None
     deployment: str = "gpt-realtime"
@@ -60,6 +73,7 @@ class Settings:
     emulator: bool = False
     policy: SessionPolicy = SessionPolicy()
     limits: Limits = Limits()
+    shared: SharedLimits = SharedLimits()
     problems: tuple[str, ...] = ()
 
     @property
@@ -185,6 +199,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         emulator=read.flag("REALTIME_EMULATOR"),
         policy=_read_policy(read),
         limits=_read_limits(read),
+        shared=_read_shared(read),
         problems=tuple(read.problems),
     )
 
@@ -219,4 +234,21 @@ def _read_limits(read: _Reader) -> Limits:
         deadline_seconds=read.number("CONNECT_DEADLINE_SECONDS", 25.0, 1, 28),
         rate_limit_per_minute=read.number("RATE_LIMIT_PER_MINUTE", 30, 1, 100000, off=0),
         rate_limit_burst=int(read.number("RATE_LIMIT_BURST", 10, 1, 100000)),
+    )
+
+
+def _read_shared(read: _Reader) -> SharedLimits:
+    """AzureWebJobsStorage as the Functions host reads it: a connection string (UseDevelopmentStorage=true is
+    Azurite), or identity-based `__accountName` / `__tableServiceUri`."""
+    storage = read.text("AzureWebJobsStorage")
+    account = read.token("AzureWebJobsStorage__accountName")
+    endpoint = read.token("AzureWebJobsStorage__tableServiceUri") or (f"https://{account}.table.core.windows.net" if account else None)
+    return SharedLimits(
+        storage=storage,
+        storage_endpoint=None if storage else endpoint,
+        app_rate_per_minute=int(read.number("APP_RATE_LIMIT_PER_MINUTE", 0, 1, 1_000_000, off=0)),
+        max_active_sessions=int(read.number("MAX_ACTIVE_SESSIONS", 0, 1, 100_000, off=0)),
+        max_active_sessions_per_client=int(read.number("MAX_ACTIVE_SESSIONS_PER_CLIENT", 0, 1, 1000, off=0)),
+        max_session_seconds=int(read.number("REALTIME_MAX_SESSION_SECONDS", 0, 60, 3600, off=0)),
+        fail_mode=read.choice("LIMITS_FAIL_MODE", "closed", ("closed", "open")),
     )
