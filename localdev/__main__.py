@@ -26,7 +26,7 @@ def load_local_settings(path: Path) -> None:
 
 def start_emulator() -> None:
     from .fake_openai import FakeAzureOpenAI
-    from .webrtc_peer import PeerHost
+    from .emulator import PeerHost
 
     key = secrets.token_urlsafe(24)
     emulator = FakeAzureOpenAI(api_key=key, answerer=PeerHost().answer)

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from localdev.fake_openai import FakeAzureOpenAI
-from localdev.webrtc_peer import PeerHost
+from localdev.emulator import PeerHost
 from tests.conftest import API_KEY, OFFER, LocalHost
 from tests.test_browser_e2e import browser, emulator, eventually, peers  # noqa: F401  (shared fixtures)
 

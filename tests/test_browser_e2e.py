@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from localdev.fake_openai import Fault, FakeAzureOpenAI
-from localdev.webrtc_peer import EmulatedPeer, PeerHost
+from localdev.emulator import EmulatedPeer, PeerHost
 from tests.browser import CHROMIUM, launch_args, speech_like_wav
 from tests.conftest import API_KEY, LocalHost
 

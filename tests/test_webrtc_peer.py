@@ -20,8 +20,8 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack
 
-from localdev import webrtc_peer
-from localdev.webrtc_peer import SPEECH_LEVEL, PeerHost, audio_frames
+from localdev.emulator import peer as emulator_peer
+from localdev.emulator import SPEECH_LEVEL, PeerHost, audio_frames
 
 TIMEOUT = 5.0
 QUIET = 0.01  # peak level of "silence" after Opus round trips
@@ -326,7 +326,7 @@ def test_bad_events_injected_errors_and_close(host: PeerHost, caplog: pytest.Log
 
 
 def test_a_call_that_never_connects_is_given_up(host: PeerHost, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(webrtc_peer, "CONNECT_DEADLINE_S", 0.2)
+    monkeypatch.setattr(emulator_peer, "CONNECT_DEADLINE_S", 0.2)
 
     async def scenario() -> None:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -437,3 +437,58 @@ def test_items_are_retrieved_with_their_transcript_and_deleted(host: PeerHost) -
         assert item_id in error["message"]
 
     run_call(host, session, scenario)
+
+
+def test_a_call_ends_by_hangup_by_the_session_limit_or_by_a_lost_network(host: PeerHost) -> None:
+    """Hang-up and the service's limit close the channel at once (the limit says why first); a lost network says nothing."""
+    session = {"type": "realtime", "model": "gpt-realtime"}
+
+    async def hung_up(browser: Browser) -> None:
+        await browser.expect("session.created")
+        assert await asyncio.to_thread(host.hangup, host.peers[-1].call_id)
+        await until(lambda: browser.channel.readyState == "closed", "the channel to close")
+        assert not await asyncio.to_thread(host.hangup, host.peers[-1].call_id), "only a live call can be hung up"
+
+    async def expired(browser: Browser) -> None:
+        await browser.expect("session.created")
+        assert await asyncio.to_thread(host.expire, host.peers[-1].call_id)
+        assert (await browser.expect("error"))["error"]["code"] == "session_expired"
+        await until(lambda: browser.channel.readyState == "closed", "the channel to close")
+
+    async def dropped(browser: Browser) -> None:
+        await browser.expect("session.created")
+        peer = host.peers[-1]
+        assert await asyncio.to_thread(host.drop, peer.call_id)
+        assert peer.closed
+        heard = len(browser.levels)
+        await asyncio.sleep(0.5)
+        assert browser.channel.readyState == "open", "no goodbye reaches the browser"
+        assert len(browser.levels) <= heard + 2, "no more audio"
+
+    for scenario in (hung_up, expired, dropped):
+        run_call(host, session, scenario)
+    assert not host.hangup("rtc_unknown")
+
+
+def test_replayed_turns_restore_context_and_wrong_ones_are_refused(host: PeerHost) -> None:
+    def said(role: str, kind: str, text: str) -> dict:
+        return {"type": "conversation.item.create",
+                "item": {"type": "message", "role": role, "content": [{"type": kind, "text": text}]}}
+
+    async def scenario(browser: Browser) -> None:
+        await browser.expect("session.created")
+        browser.send(said("user", "input_text", "My name is Ada."))
+        await browser.expect("conversation.item.done")
+        browser.send(said("assistant", "output_text", "Hello Ada."))
+        item = (await browser.expect("conversation.item.done"))["item"]
+        assert (item["role"], item["content"][0]["text"]) == ("assistant", "Hello Ada.")
+        browser.send(said("assistant", "input_text", "wrong part type"))
+        assert (await browser.expect("error"))["error"]["param"] == "item.content"
+        browser.send(said("robot", "input_text", "wrong role"))
+        assert (await browser.expect("error"))["error"]["param"] == "item.role"
+        browser.send(said("user", "input_text", "What is my name?"))
+        browser.send({"type": "response.create"})
+        done = await browser.expect("response.output_audio_transcript.done")
+        assert done["transcript"].startswith("You said: What is my name. I remember our conversation so far.")
+
+    run_call(host, {"type": "realtime", "model": "gpt-realtime"}, scenario)
