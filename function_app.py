@@ -22,6 +22,32 @@ async def connect_preflight(req: func.HttpRequest) -> func.HttpResponse:
     return await proxy.preflight(req)
 
 
+@app.route(route="calls/{call_id}/hangup", methods=["POST"])
+async def hang_up(req: func.HttpRequest) -> func.HttpResponse:
+    return await proxy.hang_up(req)
+
+
+@app.route(route="calls/{call_id}/hangup", methods=["OPTIONS"])
+async def hang_up_preflight(req: func.HttpRequest) -> func.HttpResponse:
+    return await proxy.hang_up_preflight(req)
+
+
+# Routes starting with "admin" belong to the Functions host; the kill switch needs a function (or admin) key.
+@app.route(route="operator/pause", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+async def pause(req: func.HttpRequest) -> func.HttpResponse:
+    return await proxy.pause(req)
+
+
+@app.route(route="operator/resume", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+async def resume(req: func.HttpRequest) -> func.HttpResponse:
+    return await proxy.resume(req)
+
+
+@app.timer_trigger(schedule="0 * * * * *", arg_name="timer", run_on_startup=False)
+async def sweep(timer: func.TimerRequest) -> None:
+    await proxy.sweep()
+
+
 @app.route(route="config", methods=["GET"])
 async def config(req: func.HttpRequest) -> func.HttpResponse:
     return await proxy.config(req)

@@ -29,6 +29,7 @@ SESSION_KEYS = AZURE_SESSION_KEYS | OPENAI_SESSION_KEYS
 AUDIO_INPUT_KEYS = {"transcription", "turn_detection", "noise_reduction"} | {"format"}  # Azure's | OpenAI's
 AUDIO_OUTPUT_KEYS = {"voice"} | {"format", "speed"}  # Azure's | OpenAI's
 Answerer = Callable[[str, dict, str], str]  # (offer, session, call id) -> answer SDP
+Hangup = Callable[[str], object]  # ends the call's media and data channel (the emulator's peer)
 
 
 @dataclass
@@ -80,15 +81,18 @@ class FakeAzureOpenAI:
         answerer: Answerer = canned_answer,
         host: str = "127.0.0.1",
         port: int = 0,
+        hangup: Hangup = lambda call_id: None,
     ) -> None:
         self.api_key = api_key
+        self.hangup = hangup
+        self.calls: dict[str, str] = {}  # call id -> "live" | "ended"
         self.deployments = set(deployments)
         self.accepted_tokens: set[str] = set()
         self.answerer = answerer
         self.requests: list[Recorded] = []
         self.connections = 0
         self.secrets: dict[str, dict] = {}
-        self._faults: dict[str, list[Fault]] = {"client_secrets": [], "calls": []}
+        self._faults: dict[str, list[Fault]] = {"client_secrets": [], "calls": [], "hangup": []}
         self._lock = threading.Lock()
         self.server = _Server((host, port), _handler_for(self))
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), name="fake-azure-openai", daemon=True)
@@ -128,13 +132,17 @@ class FakeAzureOpenAI:
 
     # -- what the service checks ---------------------------------------------------------------
 
-    def handle(self, endpoint: str, headers: dict[str, str], query: dict[str, list[str]], body: bytes) -> tuple[int, dict, bytes]:
+    def handle(
+        self, endpoint: str, headers: dict[str, str], query: dict[str, list[str]], body: bytes, call_id: str | None = None
+    ) -> tuple[int, dict, bytes]:
         if "api-version" in query:
             raise ServiceError(400, "unsupported_api_version", "api-version is not supported on the v1 API.")
         if "openai-beta" in headers:
             raise ServiceError(400, "invalid_beta", "The OpenAI-Beta header is not supported on the GA API.")
         if endpoint == "client_secrets":
             return self._client_secret(headers, body)
+        if endpoint == "hangup":
+            return self._hangup(headers, call_id or "")
         return self._call(headers, body)
 
     def _client_secret(self, headers: dict[str, str], body: bytes) -> tuple[int, dict, bytes]:
@@ -203,7 +211,22 @@ class FakeAzureOpenAI:
             answer = self.answerer(offer, secret["session"], call_id)
         except ValueError as exc:
             raise ServiceError(400, "invalid_offer", f"The SDP offer could not be applied: {exc}") from None
+        with self._lock:
+            self.calls[call_id] = "live"
         return 201, {"Content-Type": "application/sdp", "Location": f"/v1/realtime/calls/{call_id}"}, answer.encode()
+
+    def _hangup(self, headers: dict[str, str], call_id: str) -> tuple[int, dict, bytes]:
+        """Server-side call control (realtime-api.md §4): the resource's own credentials, a call it knows."""
+        self._authenticate(headers)
+        with self._lock:
+            known = self.calls.get(call_id)
+            if known:
+                self.calls[call_id] = "ended"
+        if known is None:
+            raise ServiceError(404, "call_not_found", f"No call with id '{call_id}'.")
+        if known == "live":
+            self.hangup(call_id)
+        return 200, {"Content-Type": "application/json"}, b"{}"
 
 
 def check_session_fields(session: dict) -> None:
@@ -260,7 +283,9 @@ def _handler_for(fake: FakeAzureOpenAI) -> type[BaseHTTPRequestHandler]:
             parts = urlsplit(self.path)
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             endpoint = parts.path.removeprefix("/openai/v1/realtime/")
-            if endpoint not in ("client_secrets", "calls"):
+            call_id = endpoint.removeprefix("calls/").removesuffix("/hangup") if endpoint.endswith("/hangup") else None
+            endpoint = "hangup" if call_id else endpoint
+            if endpoint not in ("client_secrets", "calls", "hangup"):
                 self._send(404, {"Content-Type": "application/json"},
                            ServiceError(404, "404", "Resource not found").body())
                 return
@@ -272,7 +297,7 @@ def _handler_for(fake: FakeAzureOpenAI) -> type[BaseHTTPRequestHandler]:
             if self._fault(fault, headers):
                 return
             try:
-                status, out_headers, out = fake.handle(endpoint, headers, query, body)
+                status, out_headers, out = fake.handle(endpoint, headers, query, body, call_id)
             except ServiceError as error:
                 status, out_headers, out = error.status, {"Content-Type": "application/json"}, error.body()
             self._send(status, {**out_headers, **fault.headers}, out, fault)

@@ -11,8 +11,10 @@ import asyncio
 import inspect
 import json
 import logging
+import os
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from typing import Any
 
 import azure.functions as func
 from azure.functions.http import HttpResponseConverter
+from azure.functions.timer import TimerRequest
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import ClientDisconnected, HTTPException, MethodNotAllowed
 from werkzeug.routing import Map, Rule
@@ -52,9 +55,47 @@ def _rule_path(prefix: str, template: str) -> str:
     return "/" + "/".join(part for part in (prefix, path) if part)
 
 
-def _functions(app: func.FunctionApp, prefix: str) -> Iterable[_Function]:
-    for function in app.get_functions():
-        trigger = next(b.get_dict_repr() for b in function.get_bindings() if b.get_dict_repr()["type"] == "httpTrigger")
+@dataclass(frozen=True)
+class _Timer:
+    name: str
+    handler: Callable[..., Any]
+    binding: str
+    every: float  # seconds between runs
+    offset: float  # seconds into each period
+
+
+def _trigger(function: Any) -> dict[str, Any]:
+    return next(b.get_dict_repr() for b in function.get_bindings() if b.get_dict_repr()["type"].endswith("Trigger"))
+
+
+def every(schedule: str) -> tuple[float, float]:
+    """(period, offset) of the NCRONTAB schedules this host runs: `S * * * * *` (each minute at second S) and
+    `S */N * * * *` (every N minutes). Anything else is refused at start, not silently misread."""
+    fields = schedule.split()
+    minutes = re.fullmatch(r"\*(?:/(\d+))?", fields[1]) if len(fields) == 6 else None
+    if not minutes or not fields[0].isdigit() or any(field != "*" for field in fields[2:]):
+        raise ValueError(f"the local host runs 'S * * * * *' or 'S */N * * * *' schedules, not {schedule!r}")
+    return 60.0 * int(minutes.group(1) or 1), float(fields[0])
+
+
+def _timers(functions: list[Any]) -> list[_Timer]:
+    """Timer-triggered functions; LOCAL_TIMER_INTERVAL_SECONDS (local only) runs them more often for tests."""
+    timers = []
+    for function in functions:
+        trigger = _trigger(function)
+        if trigger["type"] == "timerTrigger":
+            period, offset = every(trigger["schedule"])
+            override = float(os.environ.get("LOCAL_TIMER_INTERVAL_SECONDS") or 0)
+            timers.append(_Timer(function.get_function_name(), function.get_user_function(), trigger["name"],
+                                 override or period, 0.0 if override else offset))
+    return timers
+
+
+def _functions(functions: list[Any], prefix: str) -> Iterable[_Function]:
+    for function in functions:
+        trigger = _trigger(function)
+        if trigger["type"] != "httpTrigger":
+            continue
         name = function.get_function_name()
         yield _Function(
             name=name,
@@ -91,7 +132,8 @@ def _error(status: int, code: str, message: str, request_id: str, headers: Mappi
 class FunctionsHost:
     def __init__(self, app: func.FunctionApp, prefix: str, function_key: str | None = None) -> None:
         self.function_key = function_key
-        self.functions = {function.name: function for function in _functions(app, prefix)}
+        registered = app.get_functions()  # may be called once per app
+        self.functions = {function.name: function for function in _functions(registered, prefix)}
         self.allowed: dict[str, set[str]] = {}  # per route path, every method some function takes there
         for function in self.functions.values():
             self.allowed.setdefault(function.path, set()).update(function.methods)
@@ -102,6 +144,20 @@ class FunctionsHost:
         self.loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self.loop.run_forever, name="functions-host-loop", daemon=True)
         self._loop_thread.start()
+        for timer in _timers(registered):
+            asyncio.run_coroutine_threadsafe(self._run_timer(timer), self.loop)
+
+    async def _run_timer(self, timer: _Timer) -> None:
+        """Runs a timer function on its schedule, like the host (one run at a time; a failure is logged)."""
+        while True:
+            now = time.time()
+            await asyncio.sleep(timer.every - (now - timer.offset) % timer.every)
+            try:
+                result = timer.handler(**{timer.binding: TimerRequest(past_due=False)})
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("timer function %s failed", timer.name)
 
     def close(self) -> None:
         """Stops the event loop; the server must not be serving any more."""

@@ -13,7 +13,6 @@ A connect writes its rows in one transaction before anything goes upstream and c
 """
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
@@ -155,6 +154,9 @@ class Admission:
         who = "c-" + hashlib.sha256(client.encode()).hexdigest()[:16]
         counters = self._counters(who, now)
         for _ in range(ATTEMPTS):
+            for counter in counters:  # every session slot this instance knew of is taken: look again
+                if counter.key.startswith("live-") and counter.key not in self._takeover and self._next.get(counter.key, 1) > counter.limit:
+                    await self._learn_live(table, counter, now)
             ops = [Op("create", f"call-{ticket.id}", self._ledger(ticket, "starting", None, client=who, origin=origin, voice=voice))]
             taken = [self._take(counter, now, ops) for counter in counters]
             try:
@@ -239,8 +241,6 @@ class Admission:
 
     async def _settle(self, ticket: Ticket, ops: list[Op]) -> None:
         """The second write of a connect; a failure is logged, never turned into a failed connect."""
-        if ticket.table is not self.table and not self.fallback:
-            return
         try:
             current = await ticket.table.get(f"call-{ticket.id}")
             if current:  # keep what the first write recorded (client, origin, voice)
@@ -269,8 +269,11 @@ class Admission:
             return False
         return True
 
-    @staticmethod
-    def _free(slots: dict[str, str]) -> list[Op]:
+    def _free(self, slots: dict[str, str]) -> list[Op]:
+        """Deletes session slots (only if still ours) and lets this instance try them first again."""
+        for key in slots:
+            counter, _, slot = key.rpartition("-")
+            self._next[counter] = min(self._next.get(counter, 1), int(slot))
         return [Op("delete", key, etag=etag) for key, etag in slots.items()]
 
     async def _delete(self, rows: list[Row]) -> int:
@@ -293,5 +296,3 @@ def _too_many_sessions(wait: float) -> ApiError:
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
-
-__all__ = ["Admission", "Ticket", "asyncio"]

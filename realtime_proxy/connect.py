@@ -11,10 +11,12 @@ from .errors import ApiError, error_response
 from .logs import logger
 from .offer import Offer, read_offer
 from .policy import session_config
-from .ratelimit import RateLimiter
+from .admission import Admission
+from .calls import CALL_TOKEN
+from .ratelimit import RateLimiter, client_ip
 from .settings import Settings
 from .telemetry import NoTelemetry, Record, Telemetry
-from .upstream import Upstream
+from .upstream import Call, Upstream
 
 log = logger(__name__)
 
@@ -22,12 +24,13 @@ log = logger(__name__)
 class ConnectHandler:
     def __init__(
         self, settings: Settings, upstream: Upstream | None, origins: OriginPolicy, limiter: RateLimiter,
-        telemetry: Telemetry | NoTelemetry,
+        admission: Admission, telemetry: Telemetry | NoTelemetry,
     ) -> None:
         self.settings = settings
         self.upstream = upstream
         self.origins = origins
         self.limiter = limiter
+        self.admission = admission
         self.telemetry = telemetry
 
     def preflight(self, req: func.HttpRequest) -> func.HttpResponse:
@@ -48,12 +51,29 @@ class ConnectHandler:
                 self.limiter.check(req)
                 offer = read_offer(req, self.settings.policy, self.settings.limits)
                 record.offer(offer)
-                return record.done(await self._exchange(self.upstream, offer, cors, record), "ok")
+                return record.done(await self._admitted(req, self.upstream, offer, cors, record), "ok")
             except ApiError as error:
                 log.info("connect refused: %s %s", error.status, error.code)
                 return record.done(error_response(error, cors), error.code)
 
-    async def _exchange(self, upstream: Upstream, offer: Offer, cors: dict[str, str], record: Record) -> func.HttpResponse:
+    async def _admitted(
+        self, req: func.HttpRequest, upstream: Upstream, offer: Offer, cors: dict[str, str], record: Record
+    ) -> func.HttpResponse:
+        """The shared limits admit the connect before anything goes upstream; the ledger then learns the call
+        (or frees the session slot it held), and the caller gets its capability to end the call early."""
+        ticket = await self.admission.admit(client_ip(req), req.headers.get("origin", "")[:200], offer.voice)
+        try:
+            response, call = await self._exchange(upstream, offer, cors, record)
+        except BaseException:
+            await asyncio.shield(self.admission.release(ticket))
+            raise
+        await self.admission.confirm(ticket, call.call_id)
+        response.headers[CALL_TOKEN] = ticket.token
+        return response
+
+    async def _exchange(
+        self, upstream: Upstream, offer: Offer, cors: dict[str, str], record: Record
+    ) -> tuple[func.HttpResponse, Call]:
         """Everything upstream, token included, runs under one deadline: whatever the resource or the identity
         endpoint does (stall, drip one byte at a time), the caller has an answer by then."""
         deadline = asyncio.get_running_loop().time() + self.settings.limits.deadline_seconds
@@ -87,4 +107,4 @@ class ConnectHandler:
         }
         if call.location:
             headers["Location"] = call.location
-        return func.HttpResponse(call.answer_sdp, status_code=201, headers=headers)
+        return func.HttpResponse(call.answer_sdp, status_code=201, headers=headers), call

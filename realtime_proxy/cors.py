@@ -11,11 +11,11 @@ import azure.functions as func
 
 from .errors import ApiError
 
-EXPOSED = "Location, Retry-After, Server-Timing, X-Request-Id"
+EXPOSED = "Location, Retry-After, Server-Timing, X-Request-Id, X-Call-Token"
 # What browsers may send on POST /connect: the bundled client's, and what OpenAI-style WebRTC clients put on their
 # SDP POST (Authorization with their ephemeral-key placeholder; the Agents SDK's X-OpenAI-Agents-SDK). Allowing a
 # header only lets a browser send it: the app never forwards a caller's headers, it builds its own upstream.
-ALLOWED_HEADERS = "Content-Type, x-functions-key, Authorization, X-OpenAI-Agents-SDK"
+ALLOWED_HEADERS = "Content-Type, x-functions-key, Authorization, X-OpenAI-Agents-SDK, X-Call-Token"
 
 
 class OriginPolicy:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import azure.functions as func
 
+from .admission import Admission
+from .calls import CallControl
 from .connect import ConnectHandler
 from .cors import OriginPolicy
 from .credentials import credentials_for
@@ -22,10 +24,11 @@ from .policy import public_config
 from .ratelimit import RateLimiter
 from .settings import Settings, load_settings
 from .static_files import StaticFiles
+from .tables import table_for
 from .telemetry import NO_TELEMETRY, NoTelemetry, Telemetry, telemetry_from_environ
 
 STATIC_ROOT = Path(__file__).resolve().parent.parent / "static"
-RESERVED = {"connect": "POST, OPTIONS", "config": "GET"}
+RESERVED = {"connect": "POST, OPTIONS", "config": "GET", "operator/pause": "POST", "operator/resume": "POST"}
 Handler = Callable[[func.HttpRequest], Awaitable[func.HttpResponse]]
 log = logger(__name__)
 
@@ -63,16 +66,27 @@ class RealtimeProxy:
             upstream = telemetry.upstream(settings, credentials)
         self.origins = OriginPolicy(settings.allowed_origins)
         self.limiter = RateLimiter(settings.limits.rate_limit_per_minute, settings.limits.rate_limit_burst)
-        self._connect = ConnectHandler(settings, upstream, self.origins, self.limiter, telemetry)
+        self.table = table_for(settings.shared, settings.managed_identity_client_id)
+        self.admission = Admission(self.table, settings.shared, settings.limits.rate_limit_per_minute)
+        self._connect = ConnectHandler(settings, upstream, self.origins, self.limiter, self.admission, telemetry)
+        self.calls = CallControl(self.admission, upstream, self.origins)
         self.files = StaticFiles(static_root)
         self.connect = guarded(self._connect)
         self.preflight = guarded(self._preflight)
         self.config = guarded(self._config)
         self.static = guarded(self._static)
+        self.hang_up = guarded(self.calls.hang_up)
+        self.hang_up_preflight = guarded(self._hang_up_preflight)
+        self.pause = guarded(self.calls.pause)
+        self.resume = guarded(self.calls.resume)
+        self.sweep = self.calls.sweep
+        log.info("limits: %s", "shared, in the app's storage account" if self.table.shared
+                 else "per instance (no AzureWebJobsStorage): each instance enforces its own")
 
     async def aclose(self) -> None:
         if self._connect.upstream:
             await self._connect.upstream.aclose()
+        await self.table.aclose()
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str] | None = None) -> RealtimeProxy:
@@ -81,12 +95,18 @@ class RealtimeProxy:
     async def _preflight(self, req: func.HttpRequest) -> func.HttpResponse:
         return self._connect.preflight(req)
 
+    async def _hang_up_preflight(self, req: func.HttpRequest) -> func.HttpResponse:
+        return self.calls.preflight(req)
+
     async def _config(self, req: func.HttpRequest) -> func.HttpResponse:
         try:
             cors = self.origins.check(req)
         except ApiError:
             cors = {"Vary": "Origin"}
-        return json_response(public_config(self.settings.policy, self.settings.emulator), headers=cors)
+        config = public_config(self.settings.policy, self.settings.emulator)
+        config["session"] = {"maxSeconds": self.settings.shared.max_session_seconds or None}
+        config["limits"] = "shared" if self.table.shared else "instance"
+        return json_response(config, headers=cors)
 
     async def _static(self, req: func.HttpRequest) -> func.HttpResponse:
         path = req.route_params.get("path", "") or ""

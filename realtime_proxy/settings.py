@@ -249,6 +249,6 @@ def _read_shared(read: _Reader) -> SharedLimits:
         app_rate_per_minute=int(read.number("APP_RATE_LIMIT_PER_MINUTE", 0, 1, 1_000_000, off=0)),
         max_active_sessions=int(read.number("MAX_ACTIVE_SESSIONS", 0, 1, 100_000, off=0)),
         max_active_sessions_per_client=int(read.number("MAX_ACTIVE_SESSIONS_PER_CLIENT", 0, 1, 1000, off=0)),
-        max_session_seconds=int(read.number("REALTIME_MAX_SESSION_SECONDS", 0, 60, 3600, off=0)),
+        max_session_seconds=int(read.number("REALTIME_MAX_SESSION_SECONDS", 0, 10, 3600, off=0)),
         fail_mode=read.choice("LIMITS_FAIL_MODE", "closed", ("closed", "open")),
     )

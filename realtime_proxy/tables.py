@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar
 
 from .logs import logger, remember_secret
+from .settings import SharedLimits
 
 log = logger(__name__)
 T = TypeVar("T")
@@ -196,14 +197,16 @@ def _row(entity: Mapping[str, object]) -> Row:
     return Row(str(entity["RowKey"]), props, str(getattr(entity, "metadata", {}).get("etag", "")))
 
 
-def table_for(storage: str | None, account: str | None, credential: object) -> Table:
+def table_for(shared: SharedLimits, client_id: str | None) -> Table:
     """The shared table when the app has a storage account (AzureWebJobsStorage, by connection string or by
-    identity), else one in this process."""
-    if storage:
-        key = re.search(r"AccountKey=([^;]+)", storage)
+    identity, as the Functions host reads it), else one in this process."""
+    if shared.storage:
+        key = re.search(r"AccountKey=([^;]+)", shared.storage)
         if key:
             remember_secret(key.group(1))
-        return StorageTable(connection=storage)
-    if account:
-        return StorageTable(endpoint=account, credential=credential)
+        return StorageTable(connection=shared.storage)
+    if shared.storage_endpoint:
+        from azure.identity.aio import DefaultAzureCredential
+
+        return StorageTable(endpoint=shared.storage_endpoint, credential=DefaultAzureCredential(managed_identity_client_id=client_id))
     return MemoryTable()

@@ -156,7 +156,9 @@ class Telemetry:
             context.detach(token)
 
     def upstream(self, settings: Settings, credentials: Credentials) -> Upstream:
-        return _ObservedUpstream(settings, credentials)
+        """Notes every Azure OpenAI answer's status on the running connect, retries included, before it becomes
+        a result or an ApiError that no longer carries the status."""
+        return Upstream(settings, credentials, on_answer=lambda answer: _RECORD.get().upstream_answered(answer))
 
     def stage_span(self, name: str, parent: Span) -> Span:
         from opentelemetry import trace
@@ -236,16 +238,6 @@ class _SpanRecord:
             span.set_status(StatusCode.ERROR, outcome)
         span.end()
         self._telemetry.upstream_duration.record(time.perf_counter() - started, {STAGE: name, OUTCOME: outcome})
-
-
-class _ObservedUpstream(Upstream):
-    """Notes every Azure OpenAI answer's status on the running connect: `_post` is where every answer passes,
-    retries included, before it becomes a result or an ApiError that no longer carries the status."""
-
-    async def _post(self, name: str, **kwargs: object) -> Answer:
-        answer = await super()._post(name, **kwargs)
-        _RECORD.get().upstream_answered(answer)
-        return answer
 
 
 def telemetry_from_environ(env: Mapping[str, str]) -> Telemetry | NoTelemetry:

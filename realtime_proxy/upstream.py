@@ -16,6 +16,7 @@ import os
 import re
 import ssl
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -25,7 +26,7 @@ from multidict import CIMultiDictProxy
 from .credentials import PLAIN_TOKEN, Credentials
 from .errors import ApiError
 from .logs import logger, redact
-from .settings import Limits, Settings
+from .settings import Settings
 
 log = logger(__name__)
 MAX_ANSWER_BYTES = 64 * 1024  # a real SDP answer is a few KiB; a real client-secret answer about one
@@ -79,9 +80,10 @@ def _in_cidr(host: str, entries: list[str]) -> bool:
 
 
 class Upstream:
-    def __init__(self, settings: Settings, credentials: Credentials) -> None:
+    def __init__(self, settings: Settings, credentials: Credentials, on_answer: Callable[[Answer], object] = lambda answer: None) -> None:
         self.settings = settings
         self.credentials = credentials
+        self.on_answer = on_answer  # every answer's status, retries included (telemetry)
         self.proxy = proxy_for(settings.endpoint("calls"))
         bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
         self._ssl: ssl.SSLContext | bool = ssl.create_default_context(cafile=bundle) if bundle else True
@@ -151,6 +153,18 @@ class Upstream:
             raise ApiError(502, "upstream_error", "Azure OpenAI answered the offer without an SDP answer.")
         return Call(sdp, _call_id(answer.headers.get("Location")))
 
+    async def hangup(self, call_id: str) -> None:
+        """POST /realtime/calls/{id}/hangup with the resource's own credentials (realtime-api.md §4), within
+        the connect deadline; a call the service no longer knows is already over."""
+        try:
+            async with asyncio.timeout(self.settings.limits.deadline_seconds):
+                auth = await self.credentials.headers()
+                answer = await self._post(f"calls/{call_id}/hangup", headers=auth)
+        except TimeoutError:
+            raise ApiError(504, "upstream_timeout", "Azure OpenAI did not answer the hang-up in time.") from None
+        if answer.status != 404 and not 200 <= answer.status < 300:
+            raise self._failure(answer, "hangup", tuple(auth.values()))
+
     async def _backoff(self, deadline: float) -> bool:
         """Waits before the one retry; False when the deadline leaves no room for it."""
         left = deadline - asyncio.get_running_loop().time()
@@ -164,7 +178,7 @@ class Upstream:
             async with self._http().post(
                 self.settings.endpoint(name), allow_redirects=False, proxy=self.proxy, **kwargs  # type: ignore[arg-type]
             ) as response:
-                return Answer(response.status, response.headers, await _bounded_body(response))
+                answer = Answer(response.status, response.headers, await _bounded_body(response))
         except TimeoutError:
             log.warning("%s: timed out", name)
             raise ApiError(504, "upstream_timeout", "Azure OpenAI did not answer in time.") from None
@@ -176,6 +190,8 @@ class Upstream:
         except aiohttp.ClientError as exc:
             log.warning("%s: the answer broke off (%s)", name, type(exc).__name__)
             raise ApiError(502, "upstream_error", "Azure OpenAI's answer broke off or was malformed; retry.") from None
+        self.on_answer(answer)
+        return answer
 
     def _failure(self, answer: Answer, stage: str, secrets: tuple[str, ...]) -> ApiError:
         status = answer.status

@@ -74,6 +74,11 @@ class Driven:
         Driven.made.append(proxy)
         self.settings = proxy.settings
         self.limiter = proxy.limiter
+        self.admission = proxy.admission
+        self.hang_up = on_worker_loop(proxy.hang_up)
+        self.pause = on_worker_loop(proxy.pause)
+        self.resume = on_worker_loop(proxy.resume)
+        self.sweep = lambda: asyncio.run_coroutine_threadsafe(proxy.sweep(), WORKER_LOOP).result()
         self.connect = on_worker_loop(proxy.connect)
         self.preflight = on_worker_loop(proxy.preflight)
         self.config = on_worker_loop(proxy.config)

@@ -37,7 +37,7 @@ def on_loop(coroutine):
 
 def test_hundreds_of_concurrent_connects_each_get_their_own_answer(echoing, identity) -> None:
     identity.delay = 0.3  # a cold identity: every first connect waits on the same token request
-    proxy = RealtimeProxy.from_environ({"AZURE_OPENAI_BASE_URL": echoing.url, "RATE_LIMIT_PER_MINUTE": "60",
+    proxy = RealtimeProxy.from_environ({"AZURE_OPENAI_BASE_URL": echoing.url, "RATE_LIMIT_PER_MINUTE": str(CALLERS // 2),
                                         "RATE_LIMIT_BURST": str(CALLERS // 2)})
     offers = [OFFER.replace("o=- 7614219274584779017", f"o=- {1000 + n}") for n in range(CALLERS)]
 

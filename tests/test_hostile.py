@@ -335,7 +335,7 @@ def test_the_platform_trace_id_names_the_request(fake, logs) -> None:
 
 
 def test_origin_spellings_and_forwarded_hosts_share_one_bucket(fake) -> None:
-    proxy = make_proxy(fake, ALLOWED_ORIGINS="*", RATE_LIMIT_PER_MINUTE="1", RATE_LIMIT_BURST="2")
+    proxy = make_proxy(fake, ALLOWED_ORIGINS="*", RATE_LIMIT_PER_MINUTE="2", RATE_LIMIT_BURST="2")
     client = "203.0.113.7"
     spellings = ["https://a.example", "https://a.example/", "HTTPS://A.EXAMPLE", "https://b.example", "https://c.example/x"]
     answers = [

@@ -23,7 +23,7 @@ def test_an_allowed_origin_gets_cors_headers_and_exposed_location(fake) -> None:
     assert response.status_code == 201
     assert response.headers["Access-Control-Allow-Origin"] == APP
     assert response.headers["Vary"] == "Origin"
-    assert set(response.headers["Access-Control-Expose-Headers"].split(", ")) == {"Location", "Retry-After", "Server-Timing", "X-Request-Id"}
+    assert set(response.headers["Access-Control-Expose-Headers"].split(", ")) == {"Location", "Retry-After", "Server-Timing", "X-Request-Id", "X-Call-Token"}
 
 
 def test_same_origin_and_non_browser_callers_need_no_allowlist(fake) -> None:
@@ -76,11 +76,13 @@ def test_server_policy_shapes_the_session(fake) -> None:
 
 def test_config_tells_the_browser_its_choices_and_nothing_secret(fake) -> None:
     proxy = make_proxy(fake, REALTIME_ALLOWED_VOICES="alloy,echo", REALTIME_DEFAULT_VOICE="echo",
-                       REALTIME_INSTRUCTIONS="Secret persona.", REALTIME_INSTRUCTIONS_MODE="ignore")
+                       REALTIME_INSTRUCTIONS="Secret persona.", REALTIME_INSTRUCTIONS_MODE="ignore",
+                       REALTIME_MAX_SESSION_SECONDS="600")
     response = proxy.config(request(method="GET", url="http://localhost:7071/config"))
     config = json.loads(response.get_body())
     assert config == {"voices": ["alloy", "echo"], "defaultVoice": "echo", "emulator": False,
-                      "instructions": {"editable": False, "mode": "ignore", "maxLength": 4000}}
+                      "instructions": {"editable": False, "mode": "ignore", "maxLength": 4000},
+                      "session": {"maxSeconds": 600}, "limits": "instance"}
     assert b"Secret persona" not in response.get_body() and fake.url.encode() not in response.get_body()
 
 

@@ -35,13 +35,18 @@ def invoke(function, req: func.HttpRequest) -> func.HttpResponse:
 
 
 def trigger(function) -> dict:
-    return next(b.get_dict_repr() for b in function.get_bindings() if b.get_dict_repr()["type"] == "httpTrigger")
+    return next(b.get_dict_repr() for b in function.get_bindings() if b.get_dict_repr()["type"].endswith("Trigger"))
 
 
 def test_routes_do_not_collide_with_host_reserved_prefixes(registered) -> None:
-    routes = {name: trigger(f)["route"] for name, f in registered.items()}
-    assert routes == {"connect": "connect", "connect_preflight": "connect", "config": "config", "static": "{*path}"}
-    assert not any(route.startswith(("admin", "runtime")) for route in routes.values())
+    routes = {name: trigger(f).get("route") for name, f in registered.items()}
+    assert routes == {"connect": "connect", "connect_preflight": "connect", "config": "config", "static": "{*path}",
+                      "hang_up": "calls/{call_id}/hangup", "hang_up_preflight": "calls/{call_id}/hangup",
+                      "pause": "operator/pause", "resume": "operator/resume", "sweep": None}
+    assert not any(route.startswith(("admin", "runtime")) for route in routes.values() if route)
+    assert {name: str(trigger(f)["authLevel"].value) for name, f in registered.items() if name in ("pause", "resume")} == {
+        "pause": "function", "resume": "function"}, "the kill switch needs a key"
+    assert trigger(registered["sweep"])["schedule"] == "0 * * * * *", "the session-length sweep runs every minute"
 
 
 def test_registered_connect_function_answers_an_offer(fake, registered) -> None:
