@@ -2,6 +2,8 @@
 
 With no Azure settings (environment or local.settings.json) it starts the local realtime emulator and
 points the app at it, so the whole loop works on a fresh machine; with Azure settings it never does.
+With no storage account (AzureWebJobsStorage empty or `UseDevelopmentStorage=true`) it starts Azurite, data in
+`.azurite/`, so limits are shared as on Azure; without node or Azurite it runs with limits per instance.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import os
 import secrets
 import threading
 from pathlib import Path
+
+from .azurite import Azurite, AzuriteUnavailable
 
 log = logging.getLogger("localdev")
 TOP = Path(__file__).resolve().parent.parent
@@ -35,6 +39,24 @@ def start_emulator() -> None:
     log.warning("No AZURE_OPENAI_BASE_URL set: using the local emulator at %s, not Azure.", emulator.url)
 
 
+def start_storage() -> Azurite | None:
+    """`UseDevelopmentStorage=true` means Azurite to `func start`; here, an Azurite of our own whose exact
+    connection string the app gets. A real account (connection string or identity-based) is left alone."""
+    configured = os.environ.get("AzureWebJobsStorage", "").strip()
+    identity_based = any(name.startswith("AzureWebJobsStorage__") for name in os.environ)
+    if identity_based or configured not in ("", "UseDevelopmentStorage=true"):
+        return None
+    try:
+        azurite = Azurite(TOP / ".azurite").start()
+    except AzuriteUnavailable as problem:
+        os.environ.pop("AzureWebJobsStorage", None)
+        log.warning("No storage: limits are per instance (%s).", problem)
+        return None
+    os.environ["AzureWebJobsStorage"] = azurite.connection_string
+    log.info("Storage: Azurite on 127.0.0.1:%d, data in %s", azurite.port, azurite.folder)
+    return azurite
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
@@ -44,6 +66,7 @@ def main() -> None:
     load_local_settings(TOP / "local.settings.json")
     if not os.environ.get("AZURE_OPENAI_BASE_URL", "").strip():
         start_emulator()
+    storage = start_storage()
 
     from function_app import app, proxy
 
@@ -60,6 +83,9 @@ def main() -> None:
         threading.Event().wait()
     except KeyboardInterrupt:
         server.shutdown()
+    finally:
+        if storage:
+            storage.stop()
 
 
 if __name__ == "__main__":
