@@ -11,8 +11,10 @@ import azure.functions as func
 import pytest
 from requests_toolbelt import MultipartEncoder
 
+from localdev.azurite import Azurite
 from localdev.fake_openai import FakeAzureOpenAI
 from realtime_proxy.service import RealtimeProxy
+from tests.azurite import Storage, new_prefix, started
 from tests.contract import check
 from tests.identity_endpoint import IdentityEndpoint
 
@@ -180,3 +182,17 @@ def live(fake: FakeAzureOpenAI) -> Iterator[LocalHost]:
     host = LocalHost({"AZURE_OPENAI_BASE_URL": fake.url + "/openai", "AZURE_OPENAI_API_KEY": API_KEY})
     yield host
     host.close()
+
+
+@pytest.fixture(scope="module")
+def azurite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    server = started(tmp_path_factory.mktemp("azurite"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def azurite(azurite_server: Azurite) -> Iterator[Storage]:
+    """Table Storage on a real Azurite over loopback, shared by the module, with table names of this test's own."""
+    yield Storage(azurite_server, new_prefix())
+    azurite_server.start()  # a test that took storage away leaves it running for the next
