@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = {"overhead": "connect_overhead.py", "concurrency": "concurrency.py"}
+BENCHMARKS = {"overhead": "connect_overhead.py", "concurrency": "concurrency.py", "limits": "shared_limits.py"}
 
 
 def main() -> int:

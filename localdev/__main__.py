@@ -61,12 +61,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "7071")))
+    parser.add_argument("--no-storage", action="store_true", help="start no Azurite: limits per instance")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     load_local_settings(TOP / "local.settings.json")
     if not os.environ.get("AZURE_OPENAI_BASE_URL", "").strip():
         start_emulator()
-    storage = start_storage()
+    if args.no_storage and os.environ.get("AzureWebJobsStorage", "").strip() in ("", "UseDevelopmentStorage=true"):
+        os.environ.pop("AzureWebJobsStorage", None)  # nothing would answer for it: limits per instance
+    storage = None if args.no_storage else start_storage()
 
     from function_app import app, proxy
 

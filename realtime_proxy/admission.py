@@ -44,6 +44,7 @@ class Ticket:
     start: float
     end: float
     table: Table
+    who: dict[str, object] = field(default_factory=dict)  # client, origin, voice: recorded once, kept on every write
     ledger_etag: str = ""
     slots: dict[str, str] = field(default_factory=dict)  # live slot row -> its ETag
 
@@ -149,15 +150,16 @@ class Admission:
             raise ApiError(503, "service_paused", "The operator has paused new conversations; try again later.",
                            {"Retry-After": "60"})
         now = self.clock()
-        ticket = Ticket(secrets.token_hex(8), secrets.token_urlsafe(24), now,
-                        now + (self.config.max_session_seconds or SERVICE_LIMIT_SECONDS), table)
         who = "c-" + hashlib.sha256(client.encode()).hexdigest()[:16]
+        ticket = Ticket(secrets.token_hex(8), secrets.token_urlsafe(24), now,
+                        now + (self.config.max_session_seconds or SERVICE_LIMIT_SECONDS), table,
+                        {"client": who, "origin": origin, "voice": voice})
         counters = self._counters(who, now)
         for _ in range(ATTEMPTS):
             for counter in counters:  # every session slot this instance knew of is taken: look again
                 if counter.key.startswith("live-") and counter.key not in self._takeover and self._next.get(counter.key, 1) > counter.limit:
                     await self._learn_live(table, counter, now)
-            ops = [Op("create", f"call-{ticket.id}", self._ledger(ticket, "starting", None, client=who, origin=origin, voice=voice))]
+            ops = [Op("create", f"call-{ticket.id}", self._ledger(ticket, "starting", None))]
             taken = [self._take(counter, now, ops) for counter in counters]
             try:
                 etags = await table.transact(ops)
@@ -232,9 +234,9 @@ class Admission:
 
     # -- ending ---------------------------------------------------------------------------------------------
 
-    def _ledger(self, ticket: Ticket, status: str, call_id: str | None, **first: object) -> dict[str, object]:
+    def _ledger(self, ticket: Ticket, status: str, call_id: str | None) -> dict[str, object]:
         props = {"status": status, "start": ticket.start, "end": ticket.end, "capability": _digest(ticket.secret),
-                 "slots": json.dumps(ticket.slots), **first}
+                 "slots": json.dumps(ticket.slots), **ticket.who}
         if call_id is not None:
             props["call"] = call_id
         return props
@@ -242,9 +244,6 @@ class Admission:
     async def _settle(self, ticket: Ticket, ops: list[Op]) -> None:
         """The second write of a connect; a failure is logged, never turned into a failed connect."""
         try:
-            current = await ticket.table.get(f"call-{ticket.id}")
-            if current:  # keep what the first write recorded (client, origin, voice)
-                ops[0] = Op("replace", ops[0].key, {**current.props, **ops[0].props}, current.etag)
             await ticket.table.transact(ops)
         except (Conflict, Unavailable) as error:
             log.warning("could not update the ledger for %s: %s", ticket.id, error)

@@ -54,6 +54,7 @@ class SharedLimits:
 
     storage: str | None = field(default=None, repr=False)  # AzureWebJobsStorage connection string
     storage_endpoint: str | None = None  # identity-based: the account's table endpoint
+    table: str = "realtimelimits"  # two apps sharing one storage account need two names
     app_rate_per_minute: int = 0
     max_active_sessions: int = 0
     max_active_sessions_per_client: int = 0
@@ -246,9 +247,18 @@ def _read_shared(read: _Reader) -> SharedLimits:
     return SharedLimits(
         storage=storage,
         storage_endpoint=None if storage else endpoint,
+        table=_table_name(read),
         app_rate_per_minute=int(read.number("APP_RATE_LIMIT_PER_MINUTE", 0, 1, 1_000_000, off=0)),
         max_active_sessions=int(read.number("MAX_ACTIVE_SESSIONS", 0, 1, 100_000, off=0)),
         max_active_sessions_per_client=int(read.number("MAX_ACTIVE_SESSIONS_PER_CLIENT", 0, 1, 1000, off=0)),
         max_session_seconds=int(read.number("REALTIME_MAX_SESSION_SECONDS", 0, 10, 3600, off=0)),
         fail_mode=read.choice("LIMITS_FAIL_MODE", "closed", ("closed", "open")),
     )
+
+
+def _table_name(read: _Reader) -> str:
+    name = read.token("LIMITS_TABLE", "realtimelimits") or "realtimelimits"
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]{2,62}", name):
+        read.problems.append("LIMITS_TABLE must be 3-63 letters and digits, starting with a letter")
+        return "realtimelimits"
+    return name

@@ -19,7 +19,6 @@ from .settings import SharedLimits
 
 log = logger(__name__)
 T = TypeVar("T")
-TABLE = "realtimelimits"
 PARTITION = "limits"
 STORAGE_TIMEOUT_SECONDS = 3.0  # per storage call: a dead storage account must not eat the connect deadline
 
@@ -112,14 +111,14 @@ class StorageTable:
 
     shared = True
 
-    def __init__(self, connection: str | None = None, endpoint: str | None = None, credential: object = None) -> None:
+    def __init__(self, table: str, connection: str | None = None, endpoint: str | None = None, credential: object = None) -> None:
         from azure.data.tables.aio import TableClient
 
         options = {"retry_total": 1, "connection_timeout": STORAGE_TIMEOUT_SECONDS, "read_timeout": STORAGE_TIMEOUT_SECONDS}
         if connection:
-            self._client = TableClient.from_connection_string(connection, TABLE, **options)
+            self._client = TableClient.from_connection_string(connection, table, **options)
         else:
-            self._client = TableClient(endpoint or "", TABLE, credential=credential, **options)  # type: ignore[arg-type]
+            self._client = TableClient(endpoint or "", table, credential=credential, **options)  # type: ignore[arg-type]
         self._created = False
 
     async def transact(self, ops: list[Op]) -> list[str]:
@@ -129,9 +128,11 @@ class StorageTable:
         batch: list[tuple] = []
         for op in ops:
             entity = {"PartitionKey": PARTITION, "RowKey": op.key, **op.props}
-            if op.kind in ("replace", "delete"):
-                batch.append((op.kind.replace("replace", "update"), entity,
-                              {"etag": op.etag, "match_condition": MatchConditions.IfNotModified, "mode": UpdateMode.REPLACE}))
+            condition = {"etag": op.etag, "match_condition": MatchConditions.IfNotModified}
+            if op.kind == "replace":
+                batch.append(("update", entity, {**condition, "mode": UpdateMode.REPLACE}))
+            elif op.kind == "delete":
+                batch.append(("delete", entity, condition))
             else:
                 batch.append((op.kind, entity))
         try:
@@ -204,9 +205,10 @@ def table_for(shared: SharedLimits, client_id: str | None) -> Table:
         key = re.search(r"AccountKey=([^;]+)", shared.storage)
         if key:
             remember_secret(key.group(1))
-        return StorageTable(connection=shared.storage)
+        return StorageTable(shared.table, connection=shared.storage)
     if shared.storage_endpoint:
         from azure.identity.aio import DefaultAzureCredential
 
-        return StorageTable(endpoint=shared.storage_endpoint, credential=DefaultAzureCredential(managed_identity_client_id=client_id))
+        credential = DefaultAzureCredential(managed_identity_client_id=client_id)
+        return StorageTable(shared.table, endpoint=shared.storage_endpoint, credential=credential)
     return MemoryTable()

@@ -146,7 +146,7 @@ class LocalHost:
         full_env = {k: v for k, v in os.environ.items() if k not in CREDENTIAL_ENV and not k.startswith(("AZURE_", "REALTIME_"))}
         full_env.update(env)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "localdev", "--port", "0"],
+            [sys.executable, "-m", "localdev", "--port", "0", *([] if "AzureWebJobsStorage" in env else ["--no-storage"])],
             cwd=Path(__file__).resolve().parent.parent,
             env=full_env,
             stdout=subprocess.PIPE,
