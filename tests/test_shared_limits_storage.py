@@ -69,3 +69,23 @@ def test_a_session_cap_and_the_callers_hang_up_on_table_storage(fake, azurite) -
                                   headers={"x-call-token": first.headers["X-Call-Token"]}, route_params={"call_id": call_id}))
     assert ended.status_code == 200 and fake.calls[call_id] == "ended"
     assert other.connect(offer_request()).status_code == 201, "the slot is free for every instance at once"
+
+
+def test_the_local_host_runs_the_sweep_on_its_schedule_and_ends_a_call_at_its_limit(fake, azurite) -> None:
+    env = {"AZURE_OPENAI_BASE_URL": fake.url, "AZURE_OPENAI_API_KEY": API_KEY, "REALTIME_MAX_SESSION_SECONDS": "10",
+           "MAX_ACTIVE_SESSIONS": "1", "LOCAL_TIMER_INTERVAL_SECONDS": "1", **storage_env(azurite)}
+    host = LocalHost(env)
+    try:
+        answer = requests.post(host.url + "/connect", data=OFFER, headers={"Content-Type": "application/sdp"}, timeout=30)
+        assert answer.status_code == 201
+        call_id = answer.headers["Location"].rsplit("/", 1)[-1]
+        assert requests.get(host.url + "/config", timeout=10).json()["session"] == {"maxSeconds": 10}
+        started, deadline = time.monotonic(), time.monotonic() + 40
+        while fake.calls.get(call_id) != "ended":  # the timer hangs it up once its ten seconds are over
+            assert time.monotonic() < deadline, "the sweep never ended the call"
+            time.sleep(0.2)
+        assert time.monotonic() - started >= 9, "not before its limit"
+        assert requests.post(host.url + "/connect", data=OFFER, headers={"Content-Type": "application/sdp"}, timeout=30).status_code == 201, \
+            "its session slot is free again"
+    finally:
+        host.close()
