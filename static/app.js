@@ -1,11 +1,16 @@
-// The app page: DOM wiring only. Session logic lives in realtime-session.js.
+// The app page: DOM wiring only. Session logic lives in realtime-session.js and the modules it composes.
 
 import { connect, fetchConfig } from "./realtime-session.js";
+import { listMicrophones, watchMicrophones } from "./devices.js";
+import { Reconnector } from "./reconnect.js";
+import { Transcript } from "./transcript.js";
 import { renderTranscript, showError, showStatus } from "./realtime-view.js";
 import { primeAudio, watchLevel } from "./audio-level.js";
 
 const LOG_LIMIT = 500;
 const SPEAKING_LEVEL = 0.02; // remote loudness above which the assistant counts as audibly speaking
+const WARN_BEFORE_S = 60;
+const MICROPHONE_KEY = "realtime-voice.microphone";
 const PRESETS = [
   { label: "Friendly assistant", text: "You are a friendly, helpful assistant. Keep answers short and conversational." },
   { label: "Concise expert", text: "Answer in one or two precise sentences. Ask a clarifying question when a request is ambiguous." },
@@ -17,11 +22,17 @@ const ui = Object.fromEntries([
   "start", "stop", "status", "voice", "instructions", "preset", "mute", "interrupt", "message", "send", "transcript",
   "log-entries", "log-count", "clear", "error", "error-dismiss", "mic-level", "mic-muted", "assistant-level",
   "assistant-speaking", "emulator-notice", "remote-audio", "compose", "instructions-field", "instructions-locked",
-  "instructions-count",
+  "instructions-count", "call-notice", "call-notice-text", "continue", "cancel-reconnect", "microphone",
+  "microphone-notice", "turns-field", "talk", "talk-hint", "enable-audio", "time-left", "download-markdown",
+  "download-json", "copy", "keep-status",
 ].map((id) => [id.replace(/-(\w)/g, (_, c) => c.toUpperCase()), document.getElementById(id)]));
 
-const state = { session: null, abort: null, status: "idle", assistantLevel: 0, instructionsEditable: true, stopMeters: [] };
-window.realtimeApp = { session: null };
+const state = {
+  session: null, abort: null, reconnector: null, status: "idle", assistantLevel: 0, instructionsEditable: true,
+  config: {}, live: [], // functions that undo what adopt() set up for the live session
+};
+const transcript = new Transcript();
+window.realtimeApp = { session: null, transcript };
 // With CONNECT_AUTH_LEVEL=function, open the page as /?code=<key> and the key is passed on to /connect.
 const functionKey = new URLSearchParams(location.search).get("code");
 const ENDPOINT = functionKey ? `/connect?code=${encodeURIComponent(functionKey)}` : "/connect";
@@ -35,8 +46,11 @@ ui.instructions.addEventListener("input", () => {
   if (ui.preset.value && ui.instructions.value !== PRESETS[ui.preset.value].text) ui.preset.value = "";
   countInstructions();
 });
-ui.start.addEventListener("click", start);
-ui.stop.addEventListener("click", () => state.abort?.abort()); // cancels a connect in progress, or closes the session
+ui.start.addEventListener("click", () => start());
+ui.continue.addEventListener("click", () => start({ context: transcript.lastTurns() }));
+// Cancels a connect or a reconnection in progress, or ends the session.
+ui.stop.addEventListener("click", () => (state.reconnector ? state.reconnector.cancel() : state.abort?.abort()));
+ui.cancelReconnect.addEventListener("click", () => state.reconnector?.cancel());
 ui.mute.addEventListener("click", () => {
   state.session.mute(!state.session.muted);
   showMuted(state.session.muted);
@@ -47,17 +61,30 @@ ui.compose.addEventListener("submit", (event) => {
   state.session?.sendText(ui.message.value);
   ui.message.value = "";
 });
-ui.clear.addEventListener("click", () => ui.transcript.replaceChildren());
+ui.clear.addEventListener("click", () => {
+  ui.transcript.replaceChildren();
+  transcript.clear();
+});
 ui.errorDismiss.addEventListener("click", () => {
   showError(ui.error, null);
   ui.start.focus();
 });
+ui.enableAudio.addEventListener("click", () => {
+  state.session?.resumeAudio().then(() => { ui.enableAudio.hidden = true; }, (error) => showError(ui.error, error));
+});
+ui.microphone.addEventListener("change", () => {
+  localStorage.setItem(MICROPHONE_KEY, ui.microphone.value);
+  if (state.session) switchMicrophone(ui.microphone.value);
+});
+wirePushToTalk();
+wireKeeping();
+watchMicrophones(onDevicesChanged);
 
 loadConfig();
 
 async function loadConfig() {
   try {
-    const config = await fetchConfig();
+    const config = (state.config = await fetchConfig());
     const voices = Array.isArray(config.voices) ? config.voices : [];
     ui.voice.replaceChildren(...voices.map((voice) => new Option(voice, voice, false, voice === config.defaultVoice)));
     const { editable = true, maxLength, mode } = config.instructions ?? {};
@@ -67,68 +94,157 @@ async function loadConfig() {
     ui.instructionsLocked.hidden = editable;
     if (maxLength) ui.instructions.maxLength = maxLength;
     ui.emulatorNotice.hidden = !config.emulator;
+    ui.turnsField.hidden = !config.turnDetection?.choosable;
   } catch (error) {
     showError(ui.error, error);
   }
   // Without a voice list the server picks its default voice.
   if (!ui.voice.options.length || !ui.voice.value) ui.voice.replaceChildren(new Option("Server default", ""));
   countInstructions();
+  await showMicrophones(await listMicrophones());
   setPhase("idle");
 }
 
-async function start() {
+/** Push-to-talk when the server turns detection off for everyone, or lets the user choose it. */
+function pushToTalk() {
+  if (state.config.turnDetection?.type === "none") return true;
+  return Boolean(state.config.turnDetection?.choosable) && document.querySelector("input[name=turns]:checked")?.value === "manual";
+}
+
+function openSession(signal, context = []) {
+  return connect({
+    endpoint: ENDPOINT,
+    voice: ui.voice.value,
+    instructions: state.instructionsEditable ? ui.instructions.value : "",
+    audioElement: ui.remoteAudio,
+    microphone: ui.microphone.value || true,
+    context,
+    turns: pushToTalk() ? "manual" : "auto",
+    maxSeconds: state.config.session?.maxSeconds ?? null,
+    signal,
+    onStatus,
+    onEvent: (event) => log("in", event),
+  });
+}
+
+async function start({ context = [] } = {}) {
   primeAudio(); // inside the click, so Safari lets the meters' AudioContext run
   showError(ui.error, null);
+  showCallNotice(null);
   const abort = (state.abort = new AbortController());
   setPhase("connecting");
   ui.stop.focus();
   try {
-    const session = await connect({
-      endpoint: ENDPOINT,
-      voice: ui.voice.value,
-      instructions: state.instructionsEditable ? ui.instructions.value : "",
-      audioElement: ui.remoteAudio,
-      signal: abort.signal,
-      onStatus,
-      onEvent: (event) => log("in", event),
-    });
+    const session = await openSession(abort.signal, context);
     if (session.status === "disconnected") return finish(); // ended while the last step finished
-    state.session = window.realtimeApp.session = session;
-    session.addEventListener("transcript", ({ detail }) => renderTranscript(ui.transcript, detail));
-    session.addEventListener("error", ({ detail }) => showError(ui.error, detail));
-    session.addEventListener("sent", ({ detail }) => log("out", detail));
-    state.stopMeters = [
-      watchLevel(session.localStream, (level) => { ui.micLevel.value = level; }),
-      watchLevel(session.remoteStream, (level) => {
-        ui.assistantLevel.value = state.assistantLevel = level;
-        showSpeaking();
-      }),
-    ];
-    setPhase("live");
+    adopt(session);
   } catch (error) {
     if (error?.name !== "AbortError") showError(ui.error, error);
     finish();
   }
 }
 
+/** Show a live session: its transcript, errors, log, meters, time left; and react to its end. */
+function adopt(session) {
+  state.session = window.realtimeApp.session = session;
+  const on = (type, handler) => {
+    session.addEventListener(type, handler);
+    state.live.push(() => session.removeEventListener(type, handler));
+  };
+  on("transcript", ({ detail }) => renderTranscript(ui.transcript, detail));
+  on("error", ({ detail }) => showError(ui.error, detail));
+  on("sent", ({ detail }) => log("out", detail));
+  on("audio", ({ detail }) => { ui.enableAudio.hidden = !detail.blocked; });
+  on("microphone", () => watchMicrophone(session));
+  on("ended", ({ detail }) => onEnded(detail));
+  state.live.push(transcript.follow(session));
+  ui.enableAudio.hidden = !session.audioBlocked;
+  watchMicrophone(session);
+  const stopAssistantMeter = watchLevel(session.remoteStream, (level) => {
+    ui.assistantLevel.value = state.assistantLevel = level;
+    showSpeaking();
+  });
+  state.live.push(stopAssistantMeter, countDown(session));
+  setPhase("live");
+  listMicrophones().then(showMicrophones); // labels are known once the microphone is allowed
+}
+
+/** The mic meter, and a fallback to the default device if this one's track ends (unplugged). */
+function watchMicrophone(session) {
+  state.stopMicMeter?.();
+  const stopMeter = watchLevel(session.localStream, (level) => { ui.micLevel.value = level; });
+  const [track] = session.localStream?.getAudioTracks() ?? [];
+  const unplugged = () => fallBackToDefault();
+  track?.addEventListener("ended", unplugged);
+  state.stopMicMeter = () => {
+    stopMeter();
+    track?.removeEventListener("ended", unplugged);
+  };
+}
+
+function onEnded(detail) {
+  leaveLive();
+  if (detail.reconnectable) return reconnect(detail);
+  const why = detail.reason === "time_limit" ? " Start a new conversation that continues from where you were." : "";
+  showCallNotice(detail.message + why, { offerContinue: !detail.byUser && transcript.lines.length > 0 });
+  finish();
+}
+
+/** After an accidental end: new calls with capped backoff, each replaying the last turns; the user may cancel. */
+async function reconnect(detail) {
+  const reconnector = (state.reconnector = new Reconnector((signal) => openSession(signal, transcript.lastTurns())));
+  let nextTry = 0;
+  reconnector.addEventListener("reconnecting", ({ detail: attempt }) => {
+    const tell = () => {
+      const seconds = Math.max(0, Math.ceil((attempt.at - Date.now()) / 1000));
+      ui.callNoticeText.textContent = `${detail.message} Reconnecting: attempt ${attempt.attempt} of ${attempt.maxAttempts}` +
+        (seconds ? `, next try in ${seconds} s.` : ", trying now.");
+    };
+    clearInterval(nextTry);
+    showCallNotice(detail.message, { reconnecting: true });
+    tell();
+    nextTry = setInterval(tell, 1000);
+  });
+  setPhase("connecting");
+  showStatus(ui.status, "reconnecting");
+  const session = await reconnector.run();
+  clearInterval(nextTry);
+  state.reconnector = null;
+  if (session && session.status !== "disconnected") {
+    showCallNotice("Reconnected. The assistant was given the conversation so far.");
+    adopt(session);
+    return;
+  }
+  session?.close();
+  showCallNotice(`${detail.message} Could not reconnect.`, { offerContinue: transcript.lines.length > 0 });
+  finish();
+}
+
 function onStatus(status) {
   state.status = status;
-  showStatus(ui.status, status);
+  const reconnecting = state.reconnector && (status === "connecting" || status === "error" || status === "disconnected");
+  showStatus(ui.status, reconnecting ? "reconnecting" : status);
   showSpeaking();
-  if (status === "disconnected" && state.session) finish();
+}
+
+/** Undo what adopt() set up; the session itself is already released. */
+function leaveLive() {
+  for (const undo of state.live.splice(0)) undo();
+  state.stopMicMeter?.();
+  state.stopMicMeter = null;
+  state.session = window.realtimeApp.session = null;
+  ui.enableAudio.hidden = true;
 }
 
 /** Back to idle after an end, a drop or a failed start; the status line keeps saying which. */
 function finish() {
-  for (const stop of state.stopMeters) stop();
-  state.stopMeters = [];
-  state.session = window.realtimeApp.session = null;
+  leaveLive();
   state.abort = null;
-  // Keep keyboard users in place: focus on a control that idle disables moves to Start.
-  const focusLost = [document.body, ui.stop, ui.mute, ui.interrupt, ui.message, ui.send].includes(document.activeElement);
+  // Keep keyboard users in place: focus on a control that idle disables moves to Start (or Continue, if offered).
+  const focusLost = [document.body, ui.stop, ui.mute, ui.interrupt, ui.message, ui.send, ui.talk].includes(document.activeElement);
   setPhase("idle");
   showMuted(false);
-  if (focusLost) ui.start.focus();
+  if (focusLost) (ui.continue.hidden ? ui.start : ui.continue).focus();
 }
 
 function setPhase(phase) {
@@ -136,9 +252,142 @@ function setPhase(phase) {
   const live = phase === "live";
   ui.start.disabled = !idle;
   ui.stop.disabled = idle;
+  ui.stop.textContent = phase === "connecting" ? "Cancel" : "End conversation";
   ui.voice.disabled = ui.preset.disabled = ui.instructions.disabled = !idle;
+  for (const radio of document.querySelectorAll("input[name=turns]")) radio.disabled = !idle;
   ui.mute.disabled = ui.interrupt.disabled = ui.message.disabled = ui.send.disabled = !live;
+  const manual = live ? state.session.manualTurns : pushToTalk();
+  ui.talk.hidden = ui.talkHint.hidden = !manual;
+  ui.talk.disabled = !live;
 }
+
+/** A notice about the call's end or its reconnection; null hides it. */
+function showCallNotice(text, { offerContinue = false, reconnecting = false } = {}) {
+  ui.callNotice.hidden = !text;
+  ui.callNoticeText.textContent = text ?? "";
+  ui.continue.hidden = !offerContinue;
+  ui.cancelReconnect.hidden = !reconnecting;
+}
+
+/** Time left until the server's session limit, with a warning in its last minute; returns a function that stops. */
+function countDown(session) {
+  if (!session.endsAt) {
+    ui.timeLeft.hidden = true;
+    return () => {};
+  }
+  let warned = false;
+  const tick = () => {
+    const seconds = Math.max(0, Math.round((session.endsAt - Date.now()) / 1000));
+    const clock = `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, "0")}`;
+    ui.timeLeft.textContent = `Time left: ${clock}`;
+    ui.timeLeft.hidden = false;
+    ui.timeLeft.dataset.warn = String(seconds <= WARN_BEFORE_S);
+    if (seconds <= WARN_BEFORE_S && !warned) {
+      warned = true;
+      showCallNotice(`Less than a minute left: the conversation ends at its time limit in ${clock}.`);
+    }
+  };
+  tick();
+  const timer = setInterval(tick, 1000);
+  return () => {
+    clearInterval(timer);
+    ui.timeLeft.hidden = true;
+  };
+}
+
+// --- microphones ---
+
+async function showMicrophones(microphones) {
+  const wanted = ui.microphone.value || localStorage.getItem(MICROPHONE_KEY) || "";
+  ui.microphone.replaceChildren(new Option("Default microphone", ""),
+    ...microphones.map(({ deviceId, label }) => new Option(label, deviceId)));
+  ui.microphone.value = microphones.some((m) => m.deviceId === wanted) ? wanted : "";
+}
+
+/** Capture from another device during the call (no reconnect); a device that is gone falls back to the default. */
+async function switchMicrophone(deviceId, notice = "") {
+  try {
+    const { fellBack } = await state.session.useMicrophone(deviceId || undefined);
+    if (fellBack) ui.microphone.value = "";
+    ui.microphoneNotice.textContent = fellBack ? "That microphone is gone; using the default microphone." : notice;
+  } catch (error) {
+    showError(ui.error, error);
+  }
+}
+
+/** A device came or went: refresh the list; if the chosen one went, fall back to the default one. */
+async function onDevicesChanged(microphones) {
+  const chosen = ui.microphone.value;
+  await showMicrophones(microphones);
+  if (chosen && !microphones.some((m) => m.deviceId === chosen)) await fallBackToDefault();
+}
+
+async function fallBackToDefault() {
+  const notice = "Your microphone was disconnected; using the default microphone.";
+  ui.microphone.value = "";
+  ui.microphoneNotice.textContent = notice;
+  if (state.session) await switchMicrophone("", notice);
+}
+
+// --- push to talk ---
+
+function wirePushToTalk() {
+  const press = (event) => {
+    event.preventDefault();
+    if (!state.session?.manualTurns) return;
+    state.session.startTalking();
+    ui.talk.setAttribute("aria-pressed", "true");
+    ui.talk.textContent = "Talking… release to send";
+  };
+  const release = () => {
+    if (!state.session?.talking) return;
+    state.session.stopTalking();
+    ui.talk.setAttribute("aria-pressed", "false");
+    ui.talk.textContent = "Hold to talk";
+  };
+  ui.talk.addEventListener("pointerdown", press);
+  for (const type of ["pointerup", "pointerleave", "pointercancel"]) ui.talk.addEventListener(type, release);
+  // The Space bar talks while focus is on the button or on nothing that types or toggles.
+  const spaceTalks = (event) => event.code === "Space" && state.session?.manualTurns &&
+    (event.target === ui.talk || event.target === document.body);
+  document.addEventListener("keydown", (event) => {
+    if (!spaceTalks(event)) return;
+    event.preventDefault();
+    if (!event.repeat) press(event);
+  });
+  document.addEventListener("keyup", (event) => {
+    if (!spaceTalks(event)) return;
+    event.preventDefault();
+    release();
+  });
+}
+
+// --- keeping the conversation ---
+
+function wireKeeping() {
+  const stamp = () => new Date().toISOString().slice(0, 19).replace(/[:T]/g, "-");
+  const save = (text, type, extension) => {
+    const link = Object.assign(document.createElement("a"), {
+      href: URL.createObjectURL(new Blob([text], { type })), download: `conversation-${stamp()}.${extension}`,
+    });
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(link.href), 0);
+    ui.keepStatus.textContent = `Saved ${link.download}.`;
+  };
+  ui.downloadMarkdown.addEventListener("click", () => save(transcript.toMarkdown(), "text/markdown", "md"));
+  ui.downloadJson.addEventListener("click", () =>
+    save(JSON.stringify(transcript.toJSON(), null, 2), "application/json", "json"));
+  ui.copy.addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText(transcript.toMarkdown());
+      ui.keepStatus.textContent = "Transcript copied to the clipboard.";
+    } catch {
+      ui.keepStatus.textContent = "The browser did not allow copying; use Download instead.";
+    }
+  });
+}
+
+// --- small views ---
 
 function showMuted(muted) {
   ui.mute.setAttribute("aria-pressed", String(muted));

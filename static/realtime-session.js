@@ -1,8 +1,32 @@
 // Browser side of a speech-in/speech-out session with Azure OpenAI gpt-realtime, brokered by this app's /connect.
-// No DOM beyond an optional <audio> element, so other web apps can import this file as it is.
+// No DOM beyond an optional <audio> element, so other web apps can import this file as it is. A small core:
+// microphones (devices.js), reconnection (reconnect.js) and transcripts (transcript.js) are modules of their own.
+
+import { openMicrophone } from "./devices.js";
+import { RealtimeError, hintFor } from "./errors.js";
+
+export { RealtimeError, hintFor };
 
 const DATA_CHANNEL_LABEL = "oai-events";
 const OPEN_TIMEOUT_MS = 20_000;
+const DROP_GRACE_MS = 3_000; // ICE "disconnected" this long (no packets either way) is a lost connection
+const LIMIT_SLACK_S = 15; // a hang-up by the server this close to the session limit is the limit
+const MIN_TALK_MS = 150; // a push-to-talk press shorter than this is a slip, not a turn (the service wants 100 ms)
+
+/**
+ * Why a session ended (the `ended` event's `reason`): `user` (close(), or the caller's signal), `time_limit` (the
+ * server's session limit, see connect's `maxSeconds`), `server` (the server hung up: an operator, a kill switch),
+ * `service_limit` (the service's own session limit: `session_expired`), `network` (the connection was lost).
+ * Only the last two are accidents worth reconnecting for.
+ */
+export const RECONNECTABLE = new Set(["service_limit", "network"]);
+const ENDED_MESSAGES = {
+  user: "You ended the conversation.",
+  time_limit: "The conversation reached its time limit.",
+  server: "The conversation was ended by the server.",
+  service_limit: "The service ended the session at its time limit.",
+  network: "The connection was lost.",
+};
 
 const ASSISTANT_DELTA = new Set([
   "response.output_audio_transcript.delta",
@@ -16,54 +40,6 @@ const ASSISTANT_DONE = new Set([
   "response.audio_transcript.done",
   "response.text.done",
 ]);
-
-const SERVER_HINT = "The request was refused; reload the page and try again.";
-const UPSTREAM_HINT = "Check AZURE_OPENAI_BASE_URL and that Azure OpenAI is reachable from the app, then try again.";
-const WEBRTC_HINT = "The audio connection could not be set up; a firewall or VPN may be blocking WebRTC (UDP). Try another network.";
-const HINTS = {
-  not_configured: "Set the app setting named in the message (Function App configuration, or local.settings.json locally), then restart the app.",
-  upstream_auth: 'Check AZURE_OPENAI_API_KEY, or grant the app\'s identity the "Cognitive Services OpenAI User" role on the Azure OpenAI resource.',
-  credential_unavailable: "No Azure credential is available: set AZURE_OPENAI_API_KEY, enable the app's managed identity, or sign in with az login.",
-  deployment_not_found: "Check that AZURE_OPENAI_DEPLOYMENT names a gpt-realtime deployment on the resource in AZURE_OPENAI_BASE_URL.",
-  upstream_rejected: "Azure OpenAI refused the session settings (the message names the field); check the app's REALTIME_* settings.",
-  upstream_error: "Azure OpenAI reported a problem; try again, and check the resource's health if it persists.",
-  upstream_timeout: UPSTREAM_HINT,
-  upstream_unreachable: UPSTREAM_HINT,
-  origin_not_allowed: "Add this page's origin to the app's ALLOWED_ORIGINS setting.",
-  voice_not_allowed: "Choose one of the voices the server offers.",
-  instructions_too_long: "Shorten the instructions, then try again.",
-  payload_too_large: "Shorten the instructions, then try again.",
-  invalid_sdp: SERVER_HINT,
-  missing_sdp: SERVER_HINT,
-  bad_request: SERVER_HINT,
-  unsupported_media_type: SERVER_HINT,
-  microphone_denied: "Allow microphone access for this site (usually from the address bar), then try again.",
-  microphone_unavailable: "Connect a microphone or close other apps using it. Browsers only offer the microphone to HTTPS or localhost pages.",
-  http_401: "The endpoint wants a Functions key (CONNECT_AUTH_LEVEL=function): add ?code=<key> to the endpoint URL.",
-  network_error: "Check that the server is running; a server on another origin must also allow this page's origin (CORS).",
-  connection_failed: WEBRTC_HINT,
-  connect_timeout: WEBRTC_HINT,
-};
-
-/** An Error with the server's error code; `hint` says what a person can do about it. */
-export class RealtimeError extends Error {
-  constructor(code, message, { status, retryAfter, hint } = {}) {
-    super(message);
-    this.name = "RealtimeError";
-    this.code = code;
-    this.status = status;
-    this.retryAfter = retryAfter;
-    this.hint = hint ?? hintFor(code, retryAfter);
-  }
-}
-
-/** A short, actionable hint for an error code, or undefined. `retryAfter` is in seconds. */
-export function hintFor(code, retryAfter) {
-  if (code === "rate_limited" || code === "upstream_rate_limited") {
-    return retryAfter ? `Wait ${retryAfter} s, then try again.` : "Wait a moment, then try again.";
-  }
-  return HINTS[code];
-}
 
 /** The call id from a `Location` such as `/v1/realtime/calls/rtc_…`: a `call_id` query parameter, else the last path segment. */
 export function parseCallId(location) {
@@ -89,23 +65,42 @@ export async function fetchConfig(endpointBase = "/connect", { signal } = {}) {
  * data channel. Resolves with the session once it is listening; rejects with a RealtimeError (or the signal's
  * AbortError) after releasing everything it had opened. `onStatus` and `onEvent` also see the connecting phase,
  * before the caller holds the session.
+ *
+ * `microphone`: true (the default device), a deviceId (falls back to the default if it is gone) or false.
+ * `context`: earlier turns `[{role: "user"|"assistant", text}]`, replayed into the new call before it is listening,
+ * so the assistant remembers a conversation an earlier call started. `turns: "manual"` turns the service's turn
+ * detection off (push-to-talk: see startTalking/stopTalking). `maxSeconds`: the server's session limit (/config's
+ * `session.maxSeconds`); the session ends itself there (reason `time_limit`) and `endsAt` says when.
  */
 export async function connect({
-  endpoint = "/connect", voice, instructions, audioElement, microphone = true, onEvent, onStatus, signal,
+  endpoint = "/connect", voice, instructions, audioElement, microphone = true, context = [], turns = "auto",
+  maxSeconds = null, onEvent, onStatus, signal,
 } = {}) {
-  return RealtimeSession.open({ endpoint, voice, instructions, audioElement, microphone, onEvent, onStatus, signal });
+  return RealtimeSession.open({
+    endpoint, voice, instructions, audioElement, microphone, context, turns, maxSeconds, onEvent, onStatus, signal,
+  });
 }
 
 class RealtimeSession extends EventTarget {
   #status = null;
   #closed = false;
+  #endedReason = null;
   #muted = false;
+  #manualTurns = false;
+  #talkingSince = null; // push-to-talk: when the current press began
   #pc = null;
   #dc = null;
   #localStream = null;
   #remoteStream = null;
   #callId = null;
+  #hangupUrl = null; // the server's hang-up for this call, with its token; null when the server offers none
+  #callToken = null;
+  #endsAt = null;
+  #limitTimer = 0;
+  #dropTimer = 0;
+  #serviceExpired = false;
   #audio = null;
+  #audioBlocked = false;
   #onStatus;
   #onEvent;
   #partial = new Map(); // "role:itemId" → transcript text so far
@@ -118,6 +113,8 @@ class RealtimeSession extends EventTarget {
     session.#onEvent = onEvent;
     // Remote audio only plays, and only reaches WebAudio analysers, through a media element.
     session.#audio = audioElement ?? Object.assign(document.createElement("audio"), { autoplay: true });
+    // Inside the caller's click, before any await: Safari then lets this element play the remote stream later.
+    session.#audio.play?.()?.catch(() => {});
     await session.#start(options);
     return session;
   }
@@ -128,6 +125,15 @@ class RealtimeSession extends EventTarget {
   get localStream() { return this.#localStream; }
   get remoteStream() { return this.#remoteStream; }
   get muted() { return this.#muted; }
+  /** Push-to-talk: turn detection is off and the microphone is live only between startTalking and stopTalking. */
+  get manualTurns() { return this.#manualTurns; }
+  get talking() { return this.#talkingSince !== null; }
+  /** When the session ends at the server's limit (ms since the epoch), or null. */
+  get endsAt() { return this.#endsAt; }
+  /** Why it ended (see RECONNECTABLE), or null while it lasts. */
+  get endedReason() { return this.#endedReason; }
+  /** True while the browser refuses to play the assistant's audio until the user clicks (see resumeAudio). */
+  get audioBlocked() { return this.#audioBlocked; }
 
   /** Send a client event object over the data channel; dispatches `sent` so logs can show both directions. */
   send(event) {
@@ -150,7 +156,52 @@ class RealtimeSession extends EventTarget {
 
   mute(muted = true) {
     this.#muted = Boolean(muted);
-    for (const track of this.#localStream?.getAudioTracks() ?? []) track.enabled = !this.#muted;
+    this.#applyMicrophone();
+  }
+
+  /** Push-to-talk pressed: drop stray audio and open the microphone. */
+  startTalking() {
+    if (!this.#manualTurns || this.talking) return;
+    this.send({ type: "input_audio_buffer.clear" });
+    this.#talkingSince = performance.now();
+    this.#applyMicrophone();
+    this.#setStatus("listening");
+  }
+
+  /** Push-to-talk released: close the microphone, commit what was said and ask for the answer. */
+  stopTalking() {
+    if (!this.talking) return;
+    const heldMs = performance.now() - this.#talkingSince;
+    this.#talkingSince = null;
+    this.#applyMicrophone();
+    if (heldMs < MIN_TALK_MS) {
+      this.send({ type: "input_audio_buffer.clear" });
+      return;
+    }
+    this.send({ type: "input_audio_buffer.commit" });
+    this.send({ type: "response.create" });
+    this.#setStatus("thinking");
+  }
+
+  /**
+   * Capture from another microphone without reconnecting (the sender's track is replaced). With a deviceId that is
+   * gone, the default device is used; resolves with `{ deviceId, fellBack }`.
+   */
+  async useMicrophone(deviceId) {
+    const sender = this.#pc?.getSenders().find((s) => s.track?.kind === "audio" || s.track === null);
+    if (!sender || this.#closed) throw new RealtimeError("not_connected", "The session is not connected.");
+    const { stream, fellBack } = await openMicrophone(deviceId);
+    const [track] = stream.getAudioTracks();
+    if (this.#closed) {
+      track.stop();
+      throw new RealtimeError("not_connected", "The session ended while the microphone opened.");
+    }
+    await sender.replaceTrack(track);
+    for (const old of this.#localStream?.getTracks() ?? []) old.stop();
+    this.#localStream = stream;
+    this.#applyMicrophone();
+    this.dispatchEvent(new CustomEvent("microphone", { detail: { stream, fellBack } }));
+    return { deviceId: track.getSettings?.().deviceId, fellBack };
   }
 
   /** Stop the answer being generated and cut the audio already queued for playback. */
@@ -159,15 +210,23 @@ class RealtimeSession extends EventTarget {
     this.send({ type: "output_audio_buffer.clear" });
   }
 
-  close() {
-    if (this.#release()) this.#setStatus("disconnected");
+  /** Play the assistant's audio after the browser blocked autoplay; call it from a click. */
+  async resumeAudio() {
+    await this.#audio.play();
+    this.#audioBlocked = false;
+    this.dispatchEvent(new CustomEvent("audio", { detail: { blocked: false } }));
   }
 
-  async #start({ endpoint, voice, instructions, microphone, signal }) {
+  /** End the call: release everything here at once and tell the server, so its slot is free. */
+  close() {
+    this.#end("user");
+  }
+
+  async #start({ endpoint, voice, instructions, microphone, context, turns, maxSeconds, signal }) {
     try {
       signal?.throwIfAborted();
       this.#setStatus("connecting");
-      if (microphone) this.#localStream = await openMicrophone();
+      if (microphone) ({ stream: this.#localStream } = await openMicrophone(microphone === true ? undefined : microphone));
       signal?.throwIfAborted();
 
       const pc = (this.#pc = new RTCPeerConnection()); // no ICE servers: the service's candidates suffice
@@ -178,8 +237,12 @@ class RealtimeSession extends EventTarget {
       pc.addEventListener("track", ({ track, streams }) => {
         this.#remoteStream = streams[0] ?? new MediaStream([track]);
         this.#audio.srcObject = this.#remoteStream;
-        // A page capturing the microphone may autoplay in every engine; without a mic the browser may refuse.
-        this.#audio.play?.().catch(() => {});
+        this.#audio.play?.()?.catch((error) => {
+          // Safari/iOS, or a page without a recent click: say so, so the page can offer a button instead of silence.
+          if (error?.name !== "NotAllowedError" || this.#closed) return;
+          this.#audioBlocked = true;
+          this.dispatchEvent(new CustomEvent("audio", { detail: { blocked: true } }));
+        });
       });
       const dc = (this.#dc = pc.createDataChannel(DATA_CHANNEL_LABEL));
       dc.addEventListener("message", (message) => this.#receive(message.data));
@@ -190,7 +253,8 @@ class RealtimeSession extends EventTarget {
       form.append("sdp", pc.localDescription.sdp);
       if (voice) form.append("voice", voice);
       if (instructions?.trim()) form.append("instructions", instructions);
-      const response = await request(absolute(endpoint), {
+      const url = absolute(endpoint);
+      const response = await request(url, {
         method: "POST", body: form, headers: { Accept: "application/sdp, application/json" }, signal,
       });
       if (!response.ok) throw await responseError(response);
@@ -199,14 +263,22 @@ class RealtimeSession extends EventTarget {
         throw new RealtimeError("invalid_answer", "The server's answer is not an SDP description.", { status: response.status });
       }
       this.#callId = parseCallId(response.headers.get("Location"));
+      this.#callToken = response.headers.get("X-Call-Token");
+      if (this.#callId && this.#callToken) this.#hangupUrl = hangupUrl(url, this.#callId);
       await pc.setRemoteDescription({ type: "answer", sdp: answer });
       await waitForOpen(dc, pc, signal);
 
-      const lost = () => this.close();
-      dc.addEventListener("close", lost);
-      pc.addEventListener("connectionstatechange", () => pc.connectionState === "failed" && lost());
-      pc.addEventListener("iceconnectionstatechange", () => pc.iceConnectionState === "failed" && lost());
-      signal?.addEventListener("abort", lost, { once: true });
+      this.#watchForTheEnd(dc, pc, signal);
+      if (turns === "manual") {
+        this.#manualTurns = true;
+        this.#applyMicrophone();
+        this.send({ type: "session.update", session: { type: "realtime", audio: { input: { turn_detection: null } } } });
+      }
+      this.#replay(context);
+      if (maxSeconds > 0) {
+        this.#endsAt = Date.now() + maxSeconds * 1000;
+        this.#limitTimer = setTimeout(() => this.#end("time_limit"), maxSeconds * 1000);
+      }
       this.#setStatus("listening");
     } catch (error) {
       this.#release();
@@ -215,10 +287,64 @@ class RealtimeSession extends EventTarget {
     }
   }
 
+  /** Earlier turns as items of the new call, before anyone speaks, so the assistant remembers them. */
+  #replay(turns) {
+    for (const { role, text } of turns ?? []) {
+      if (!text || (role !== "user" && role !== "assistant")) continue;
+      const type = role === "user" ? "input_text" : "output_text";
+      this.send({ type: "conversation.item.create", item: { type: "message", role, content: [{ type, text }] } });
+    }
+  }
+
+  /**
+   * Tell an ended call from one still going, and why: the channel closing under us is the server hanging up (or
+   * the service at its limit, which says `session_expired` first); ICE failing, or staying disconnected past a short
+   * grace, is a lost network (a hung-up call closes its channel at once, a lost one says nothing).
+   */
+  #watchForTheEnd(dc, pc, signal) {
+    dc.addEventListener("close", () => {
+      const nearLimit = this.#endsAt && Date.now() >= this.#endsAt - LIMIT_SLACK_S * 1000;
+      this.#end(this.#serviceExpired ? "service_limit" : nearLimit ? "time_limit" : "server");
+    });
+    const connection = () => {
+      const state = pc.connectionState ?? pc.iceConnectionState;
+      if (state === "failed" || pc.iceConnectionState === "failed") this.#end("network");
+      else if (state === "disconnected") this.#dropTimer ||= setTimeout(() => this.#end("network"), DROP_GRACE_MS);
+      else if (state === "connected") {
+        clearTimeout(this.#dropTimer);
+        this.#dropTimer = 0;
+      }
+    };
+    pc.addEventListener("connectionstatechange", connection);
+    pc.addEventListener("iceconnectionstatechange", connection);
+    signal?.addEventListener("abort", () => this.#end("user"), { once: true });
+  }
+
+  /** Finish once, for one reason: release, tell the server (unless it ended the call), then `ended` and the status. */
+  #end(reason) {
+    if (!this.#release()) return;
+    this.#endedReason = reason;
+    if (this.#hangupUrl && reason !== "server" && reason !== "service_limit") {
+      // keepalive: the request outlives a page being closed; failures change nothing here, the call is over.
+      fetch(this.#hangupUrl, { method: "POST", headers: { "X-Call-Token": this.#callToken }, keepalive: true }).catch(() => {});
+    }
+    const detail = { reason, byUser: reason === "user", reconnectable: RECONNECTABLE.has(reason), message: ENDED_MESSAGES[reason] };
+    this.dispatchEvent(new CustomEvent("ended", { detail }));
+    this.#setStatus("disconnected");
+  }
+
+  /** Mute, and push-to-talk's released button, both silence the track (the sender keeps sending silence). */
+  #applyMicrophone() {
+    const live = !this.#muted && (!this.#manualTurns || this.talking);
+    for (const track of this.#localStream?.getAudioTracks() ?? []) track.enabled = live;
+  }
+
   /** Stop the tracks (the browser's mic indicator goes off) and close the channel and connection. False if already done. */
   #release() {
     if (this.#closed) return false;
     this.#closed = true;
+    clearTimeout(this.#limitTimer);
+    clearTimeout(this.#dropTimer);
     for (const track of this.#localStream?.getTracks() ?? []) track.stop();
     this.#dc?.close();
     this.#pc?.close();
@@ -288,7 +414,9 @@ class RealtimeSession extends EventTarget {
         this.#transcript("user", itemId, "failed", undefined, event.error?.message);
         break;
       case "error":
-        this.#serverError(event.error);
+        // The service's limit: the channel closes next, and `ended` says so; nothing for the user to fix.
+        if (event.error?.code === "session_expired") this.#serviceExpired = true;
+        else this.#serverError(event.error);
         break;
       default:
         if (ASSISTANT_DELTA.has(event.type)) this.#transcript("assistant", itemId, "delta", event.delta);
@@ -322,20 +450,6 @@ class RealtimeSession extends EventTarget {
   }
 }
 
-async function openMicrophone() {
-  if (!navigator.mediaDevices?.getUserMedia) {
-    throw new RealtimeError("microphone_unavailable", "This page cannot use a microphone: it is not served over HTTPS or from localhost.");
-  }
-  try {
-    return await navigator.mediaDevices.getUserMedia({ audio: true });
-  } catch (error) {
-    if (error.name === "NotAllowedError" || error.name === "SecurityError") {
-      throw new RealtimeError("microphone_denied", "Microphone access was denied.");
-    }
-    throw new RealtimeError("microphone_unavailable", `No usable microphone (${error.name}: ${error.message}).`);
-  }
-}
-
 function waitForOpen(dc, pc, signal) {
   if (dc.readyState === "open") return Promise.resolve();
   return new Promise((resolve, reject) => {
@@ -356,6 +470,13 @@ function waitForOpen(dc, pc, signal) {
     on(pc, "connectionstatechange", () => pc.connectionState === "failed" && settle(failed()));
     on(signal, "abort", () => settle(signal.reason));
   });
+}
+
+/** The server's hang-up for a call: the connect endpoint's sibling `calls/{id}/hangup`, query (a function key) kept. */
+function hangupUrl(connectUrl, callId) {
+  const url = new URL(connectUrl);
+  url.pathname = `${url.pathname.replace(/\/connect\/?$/, "")}/calls/${encodeURIComponent(callId)}/hangup`;
+  return url;
 }
 
 function absolute(endpoint) {

@@ -6,6 +6,7 @@ const STATUS_LABELS = {
   listening: "Listening",
   thinking: "Thinking",
   speaking: "Speaking",
+  reconnecting: "Reconnecting",
   disconnected: "Disconnected",
   error: "Error",
 };
