@@ -12,7 +12,7 @@ from .cors import OriginPolicy
 from .errors import ApiError, error_response, json_response
 from .logs import logger
 from .tables import Unavailable
-from .upstream import Upstream
+from .upstream import CALL_ID, Upstream
 
 log = logger(__name__)
 CALL_TOKEN = "X-Call-Token"
@@ -31,9 +31,11 @@ class CallControl:
         cors: dict[str, str] = {}
         try:
             cors = self.origins.check(req)
+            call_id, token = req.route_params.get("call_id", ""), req.headers.get(CALL_TOKEN, "")
+            if not token or not CALL_ID.fullmatch(call_id):
+                raise ApiError(400, "bad_request", f"Send the {CALL_TOKEN} that came with the call's answer, for a call id from its Location.")
             upstream = self._upstream()
-            call_id = req.route_params.get("call_id", "")
-            if not await self.admission.hang_up_for_caller(call_id, req.headers.get(CALL_TOKEN, ""), upstream.hangup):
+            if not await self.admission.hang_up_for_caller(call_id, token, upstream.hangup):
                 raise ApiError(404, "call_not_found", "No live call with that id for this token.")
             log.info("call %s ended by its caller", call_id)
             return json_response({"ended": True}, headers=cors)

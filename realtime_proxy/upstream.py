@@ -32,7 +32,7 @@ log = logger(__name__)
 MAX_ANSWER_BYTES = 64 * 1024  # a real SDP answer is a few KiB; a real client-secret answer about one
 MAX_CONNECTIONS = 256  # per process; connections are reused, so this bounds sockets, not throughput
 _RETRY_BACKOFF_SECONDS = 0.25
-_CALL_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+CALL_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 @dataclass(frozen=True)
@@ -252,7 +252,7 @@ def _call_id(location: str | None) -> str | None:
         parts = urlsplit("")
     query = dict(pair.partition("=")[::2] for pair in parts.query.split("&") if pair)
     call_id = query.get("call_id") or parts.path.rsplit("/", 1)[-1]
-    if _CALL_ID.fullmatch(call_id):
+    if CALL_ID.fullmatch(call_id):
         return call_id
     log.warning("calls: Azure OpenAI answered with a Location that holds no call id: %r", _shorten(location))
     return None

@@ -56,7 +56,8 @@ def test_a_session_cap_frees_its_slot_when_the_caller_ends_the_call(fake) -> Non
 def test_only_the_caller_that_created_a_call_can_end_it(fake) -> None:
     proxy = make_proxy(fake)
     mine, theirs = connect(proxy), connect(proxy)
-    for token in ("", "nonsense", theirs.headers["X-Call-Token"], mine.headers["X-Call-Token"] + "x"):
+    assert (hang_up(proxy, mine, "").status_code, error_of(hang_up(proxy, mine, ""), None)["code"]) == (400, "bad_request")
+    for token in ("nonsense", theirs.headers["X-Call-Token"], mine.headers["X-Call-Token"] + "x"):
         refused = hang_up(proxy, mine, token)
         assert (refused.status_code, error_of(refused, None)["code"]) == (404, "call_not_found")
     assert fake.calls_to("hangup") == []
