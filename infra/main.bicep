@@ -74,6 +74,15 @@ param rateLimitPerMinute int = 30
 @description('RATE_LIMIT_BURST per client per instance.')
 param rateLimitBurst int = 10
 
+@minValue(0)
+@maxValue(3600)
+@description('REALTIME_MAX_SESSION_SECONDS: the app hangs a call up this long after it started (0: the service\'s own 60 minutes).')
+param maxSessionSeconds int = 0
+
+@minValue(0)
+@description('MAX_ACTIVE_SESSIONS: live sessions at once for the whole app (0: no cap).')
+param maxActiveSessions int = 0
+
 @description('Spread instances over availability zones. Off by default: on Flex it keeps at least two always-ready instances (billed) and only some regions offer it.')
 param zoneRedundant bool = false
 
@@ -138,6 +147,8 @@ module app 'modules/app.bicep' = {
     transcriptionModel: transcriptionModel
     rateLimitPerMinute: rateLimitPerMinute
     rateLimitBurst: rateLimitBurst
+    maxSessionSeconds: maxSessionSeconds
+    maxActiveSessions: maxActiveSessions
     zoneRedundant: zoneRedundant
   }
 }

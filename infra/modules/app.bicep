@@ -15,6 +15,8 @@ param connectAuthLevel string
 param transcriptionModel string
 param rateLimitPerMinute int
 param rateLimitBurst int
+param maxSessionSeconds int
+param maxActiveSessions int
 param zoneRedundant bool
 
 var appName = 'func-${resourceToken}'
@@ -137,6 +139,9 @@ var commonSettings = [
   { name: 'REALTIME_TRANSCRIPTION_MODEL', value: transcriptionModel }
   { name: 'RATE_LIMIT_PER_MINUTE', value: string(rateLimitPerMinute) }
   { name: 'RATE_LIMIT_BURST', value: string(rateLimitBurst) }
+  // Shared limits live in this storage account's table (the role above); the sweep enforces the session length.
+  { name: 'REALTIME_MAX_SESSION_SECONDS', value: string(maxSessionSeconds) }
+  { name: 'MAX_ACTIVE_SESSIONS', value: string(maxActiveSessions) }
 ]
 
 // With a user-assigned identity every consumer must be told which one: azure-identity (AZURE_CLIENT_ID),
