@@ -74,7 +74,7 @@ def index(app: Any, prefix: str) -> dict[tuple[str, str], Route]:
     for function in app.get_functions():
         trigger = function.get_trigger().get_dict_repr()
         path = literal_path(prefix, trigger.get("route") or function.get_function_name())
-        if path is None:
+        if trigger["type"] != "httpTrigger" or path is None:  # timers, and routes with parameters: not benchmarked
             continue
         handler = function.get_user_function()
         for method in trigger.get("methods") or ["GET", "POST"]:

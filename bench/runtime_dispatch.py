@@ -79,9 +79,9 @@ class RuntimeDispatch:
         for meta in metadata.function_metadata_results:
             await _send(library.function_load_request, function_load_request=rpc.FunctionLoadRequest(
                 function_id=meta.function_id, metadata=meta))
-            trigger = next(b for b in map(json.loads, meta.raw_bindings) if b["type"] == "httpTrigger")
-            path = literal_path(prefix, trigger.get("route") or meta.name)
-            if path is None:
+            trigger = next((b for b in map(json.loads, meta.raw_bindings) if b["type"] == "httpTrigger"), None)
+            path = literal_path(prefix, trigger.get("route") or meta.name) if trigger else None
+            if trigger is None or path is None:  # timers, and routes with parameters: not benchmarked
                 continue
             for method in trigger.get("methods") or ["GET", "POST"]:
                 routes[(method.upper(), path)] = Function(
