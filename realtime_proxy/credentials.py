@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from typing import TYPE_CHECKING, Protocol
 
 from .errors import ApiError
@@ -69,6 +70,7 @@ class EntraCredentials:
         self._credential: AsyncTokenCredential | None = None
         self._flight: asyncio.Future[AccessToken] | None = None
         self._warming: asyncio.Task[None] | None = None
+        self._creating = threading.Lock()
 
     async def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {await self.token()}"}
@@ -92,6 +94,8 @@ class EntraCredentials:
 
     async def _warm(self) -> None:
         try:
+            # Importing azure-identity takes a few hundred ms: done on a thread, so the worker serves meanwhile.
+            await asyncio.get_running_loop().run_in_executor(None, self._get)
             await self.token()
         except ApiError as error:
             log.warning("credential warm-up failed: %s", error.code)
@@ -119,11 +123,12 @@ class EntraCredentials:
             await self._credential.close()
 
     def _get(self) -> AsyncTokenCredential:
-        if self._credential is None:
-            from azure.identity.aio import DefaultAzureCredential
+        with self._creating:  # the warm-up thread and a first connect may both get here
+            if self._credential is None:
+                from azure.identity.aio import DefaultAzureCredential
 
-            self._credential = DefaultAzureCredential(managed_identity_client_id=self._client_id)
-        return self._credential
+                self._credential = DefaultAzureCredential(managed_identity_client_id=self._client_id)
+            return self._credential
 
 
 def credentials_for(api_key: str | None, client_id: str | None, timeout: float) -> Credentials:
