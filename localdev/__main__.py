@@ -33,7 +33,8 @@ def start_emulator() -> None:
     from .emulator import PeerHost
 
     key = secrets.token_urlsafe(24)
-    emulator = FakeAzureOpenAI(api_key=key, answerer=PeerHost().answer)
+    peers = PeerHost()
+    emulator = FakeAzureOpenAI(api_key=key, answerer=peers.answer, hangup=peers.hangup)  # hang-ups end the call
     os.environ.update(AZURE_OPENAI_BASE_URL=emulator.url, AZURE_OPENAI_API_KEY=key, REALTIME_EMULATOR="true")
     os.environ.pop("AZURE_OPENAI_DEPLOYMENT", None)
     log.warning("No AZURE_OPENAI_BASE_URL set: using the local emulator at %s, not Azure.", emulator.url)

@@ -42,5 +42,8 @@ def public_config(policy: SessionPolicy, emulator: bool) -> dict:
             "mode": policy.instructions_mode,
             "maxLength": policy.max_instructions_chars,
         },
+        # Whether the page may offer push-to-talk (it then turns detection off with session.update, which a
+        # connected browser could do anyway): a choice the owner makes for the UI, not a security boundary.
+        "turnDetection": {"type": policy.turn_detection, "choosable": policy.turn_detection_choosable},
         "emulator": emulator,
     }

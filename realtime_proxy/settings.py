@@ -31,6 +31,7 @@ class SessionPolicy:
     max_instructions_chars: int = 4000
     transcription_model: str | None = "whisper-1"
     turn_detection: str = "server_vad"
+    turn_detection_choosable: bool = False  # the page may offer push-to-talk (manual turns) instead
     secret_ttl_seconds: int = 600
 
 
@@ -221,6 +222,7 @@ def _read_policy(read: _Reader) -> SessionPolicy:
         max_instructions_chars=int(read.number("REALTIME_MAX_INSTRUCTIONS_CHARS", 4000, 0, 32000)),
         transcription_model=None if transcription and transcription.lower() == "none" else transcription,
         turn_detection=read.choice("REALTIME_TURN_DETECTION", "server_vad", TURN_DETECTION_TYPES),
+        turn_detection_choosable=read.flag("REALTIME_TURN_DETECTION_CHOOSABLE"),
         secret_ttl_seconds=int(read.number("REALTIME_SESSION_TTL_SECONDS", 600, 10, 7200)),
     )
 

@@ -35,7 +35,7 @@ def emulator(peers: PeerHost) -> Iterator[FakeAzureOpenAI]:  # noqa: F811
 @pytest.fixture(scope="module")
 def app(emulator: FakeAzureOpenAI) -> Iterator[LocalHost]:
     host = LocalHost({"AZURE_OPENAI_BASE_URL": emulator.url, "AZURE_OPENAI_API_KEY": API_KEY,
-                      "REALTIME_EMULATOR": "true", "RATE_LIMIT_PER_MINUTE": "0"})
+                      "REALTIME_EMULATOR": "true", "RATE_LIMIT_PER_MINUTE": "0", "REALTIME_TURN_DETECTION_CHOOSABLE": "true"})
     yield host
     host.close()
 
@@ -93,6 +93,7 @@ def replayed(peer: EmulatedPeer) -> list[tuple[str, str]]:
 def test_a_lost_connection_reconnects_and_the_assistant_remembers(page: Page, peers: PeerHost) -> None:  # noqa: F811
     first = start(page, peers)
     say(page, "My name is Ada.")
+    heard = page.locator(USER_LINES).count()
     peers.drop(first.call_id)
 
     page.wait_for_selector("#status[data-status='reconnecting']", timeout=RECONNECT_TIMEOUT_MS)
@@ -104,7 +105,7 @@ def test_a_lost_connection_reconnects_and_the_assistant_remembers(page: Page, pe
     assert ("user", "My name is Ada.") in history
     assert any(role == "assistant" and text.startswith("You said: My name is Ada") for role, text in history), history
 
-    heard = page.locator(USER_LINES).count()  # the microphone's turn opens again on the new call
+    # The microphone's turn opens again on the new call; a message typed before that would be cut by it.
     page.wait_for_function(f"document.querySelectorAll({USER_LINES!r}).length > {heard}")
     page.fill("#message", "What is my name?")
     page.press("#message", "Enter")
@@ -157,26 +158,6 @@ def test_the_time_limit_is_shown_ends_the_call_and_a_new_one_keeps_the_context(b
     page.context.close()
 
 
-def test_end_tells_the_server_with_the_call_token(browser, app, peers) -> None:  # noqa: F811
-    page = open_page(browser, app)
-    hangups: list[dict] = []
-
-    def with_token(route) -> None:
-        response = route.fetch()
-        route.fulfill(response=response, headers={**response.headers, "x-call-token": "tok_test"})
-
-    page.route("**/connect", with_token)
-    page.route("**/calls/*/hangup", lambda route: (hangups.append({"url": route.request.url,
-                                                                   **route.request.headers}), route.fulfill(status=204)))
-    peer = start(page, peers)
-    page.click("#stop")
-    eventually(lambda: hangups, what="the hang-up request")
-    assert hangups[0]["url"].endswith(f"/calls/{peer.call_id}/hangup")
-    assert hangups[0]["x-call-token"] == "tok_test"
-    eventually(lambda: peer.closed, what="the call to close at once anyway")
-    page.context.close()
-
-
 def test_the_microphone_can_be_changed_during_a_call_and_is_remembered(page: Page, peers: PeerHost) -> None:  # noqa: F811
     peer = start(page, peers)
     options = page.eval_on_selector_all("#microphone option", "os => os.map(o => [o.value, o.textContent])")
@@ -220,7 +201,7 @@ def test_an_unplugged_microphone_falls_back_to_the_default(browser, app, peers) 
 
 
 def test_push_to_talk_sends_a_turn_only_while_held(browser, app, peers) -> None:  # noqa: F811
-    page = open_page(browser, app, config={"turnDetection": {"type": "server_vad", "choosable": True}})
+    page = open_page(browser, app)
     page.check("input[name=turns][value=manual]")
     known = len(peers.peers)
     page.click("#start")

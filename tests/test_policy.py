@@ -77,11 +77,12 @@ def test_server_policy_shapes_the_session(fake) -> None:
 def test_config_tells_the_browser_its_choices_and_nothing_secret(fake) -> None:
     proxy = make_proxy(fake, REALTIME_ALLOWED_VOICES="alloy,echo", REALTIME_DEFAULT_VOICE="echo",
                        REALTIME_INSTRUCTIONS="Secret persona.", REALTIME_INSTRUCTIONS_MODE="ignore",
-                       REALTIME_MAX_SESSION_SECONDS="600")
+                       REALTIME_MAX_SESSION_SECONDS="600", REALTIME_TURN_DETECTION_CHOOSABLE="true")
     response = proxy.config(request(method="GET", url="http://localhost:7071/config"))
     config = json.loads(response.get_body())
     assert config == {"voices": ["alloy", "echo"], "defaultVoice": "echo", "emulator": False,
                       "instructions": {"editable": False, "mode": "ignore", "maxLength": 4000},
+                      "turnDetection": {"type": "server_vad", "choosable": True},
                       "session": {"maxSeconds": 600}, "limits": "instance"}
     assert b"Secret persona" not in response.get_body() and fake.url.encode() not in response.get_body()
 
