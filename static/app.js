@@ -48,8 +48,12 @@ ui.instructions.addEventListener("input", () => {
 });
 ui.start.addEventListener("click", () => start());
 ui.continue.addEventListener("click", () => start({ context: transcript.lastTurns() }));
-// Cancels a connect or a reconnection in progress, or ends the session.
-ui.stop.addEventListener("click", () => (state.reconnector ? state.reconnector.cancel() : state.abort?.abort()));
+// Cancels a connect or a reconnection in progress, or ends the session (one from a reconnection has no abort signal).
+ui.stop.addEventListener("click", () => {
+  state.reconnector?.cancel();
+  state.abort?.abort();
+  state.session?.close();
+});
 ui.cancelReconnect.addEventListener("click", () => state.reconnector?.cancel());
 ui.mute.addEventListener("click", () => {
   state.session.mute(!state.session.muted);

@@ -1,8 +1,11 @@
 // <realtime-voice endpoint="https://app.example/connect" voice="marin" instructions="…">: a drop-in voice chat
-// built on realtime-session.js. It re-dispatches the session's events (status, event, sent, transcript, error) on
-// itself; they do not bubble, so a generic window "error" handler never mistakes them for script errors.
+// built on realtime-session.js. It re-dispatches the session's events (status, event, sent, transcript, error, ended)
+// on itself; they do not bubble, so a generic window "error" handler never mistakes them for script errors. Like the
+// page, it says why a call ended and reconnects after an accident, replaying the conversation so far.
 
 import { connect } from "./realtime-session.js";
+import { Reconnector } from "./reconnect.js";
+import { Transcript } from "./transcript.js";
 import { renderTranscript, showError, showStatus } from "./realtime-view.js";
 
 const template = document.createElement("template");
@@ -41,7 +44,8 @@ template.innerHTML = `
   button:focus-visible { outline: 3px solid var(--rv-focus); outline-offset: 2px; }
   .status { font-weight: 600; }
   .error { margin: 0.75rem 0 0; color: var(--rv-error); }
-  .error[hidden], .error-hint[hidden] { display: none; }
+  .notice { margin: 0.75rem 0 0; font-weight: 600; }
+  .error[hidden], .error-hint[hidden], .notice[hidden], button[hidden] { display: none; }
   .error-code { font-weight: 700; }
   .transcript { max-height: 16rem; overflow-y: auto; margin-top: 0.75rem; }
   .transcript:focus-visible { outline: 3px solid var(--rv-focus); }
@@ -55,6 +59,8 @@ template.innerHTML = `
   <button type="button" class="mute" part="button mute" aria-pressed="false" disabled>Mute microphone</button>
   <span><span class="sr-only">Status: </span><span class="status" part="status" role="status" aria-live="polite"></span></span>
 </div>
+<p class="notice" part="notice" role="status" aria-live="polite" hidden></p>
+<button type="button" class="enable-audio" part="button enable-audio" hidden>Enable audio</button>
 <p class="error" part="error" role="alert" hidden>
   <span class="error-code"></span>: <span class="error-message"></span> <span class="error-hint"></span>
 </p>
@@ -67,6 +73,8 @@ const TOGGLE_LABELS = { idle: "Start conversation", connecting: "Cancel", live: 
 export class RealtimeVoiceElement extends HTMLElement {
   #session = null;
   #abort = null;
+  #reconnector = null;
+  #transcript = new Transcript();
   #ui;
 
   constructor() {
@@ -76,10 +84,14 @@ export class RealtimeVoiceElement extends HTMLElement {
     const find = (selector) => root.querySelector(selector);
     this.#ui = {
       toggle: find(".toggle"), mute: find(".mute"), status: find(".status"),
-      error: find(".error"), transcript: find(".transcript"), audio: find("audio"),
+      error: find(".error"), transcript: find(".transcript"), audio: find("audio"), notice: find(".notice"),
+      enableAudio: find(".enable-audio"),
     };
     showStatus(this.#ui.status, "idle");
-    this.#ui.toggle.addEventListener("click", () => (this.#abort ? this.stop() : this.start()));
+    this.#ui.toggle.addEventListener("click", () => (this.#abort || this.#reconnector ? this.stop() : this.start()));
+    this.#ui.enableAudio.addEventListener("click", () => {
+      this.#session?.resumeAudio().then(() => { this.#ui.enableAudio.hidden = true; }, () => {});
+    });
     this.#ui.mute.addEventListener("click", () => {
       this.#session?.mute(!this.#session.muted);
       this.#ui.mute.setAttribute("aria-pressed", String(Boolean(this.#session?.muted)));
@@ -90,28 +102,15 @@ export class RealtimeVoiceElement extends HTMLElement {
   get session() { return this.#session; }
 
   async start() {
-    if (this.#abort) return;
+    if (this.#abort || this.#reconnector) return;
     const abort = (this.#abort = new AbortController());
     showError(this.#ui.error, null);
+    this.#ui.notice.hidden = true;
     this.#setPhase("connecting");
     try {
-      const session = await connect({
-        endpoint: this.getAttribute("endpoint") || "/connect",
-        voice: this.getAttribute("voice") || undefined,
-        instructions: this.getAttribute("instructions") || undefined,
-        audioElement: this.#ui.audio,
-        signal: abort.signal,
-        onStatus: (status) => this.#onStatus(status),
-        onEvent: (event) => this.#emit("event", event),
-      });
+      const session = await this.#open(abort.signal);
       if (session.status === "disconnected") return this.#reset(); // stopped while the last step finished
-      this.#session = session;
-      session.addEventListener("transcript", ({ detail }) => renderTranscript(this.#ui.transcript, detail));
-      session.addEventListener("error", ({ detail }) => showError(this.#ui.error, detail));
-      for (const type of ["transcript", "error", "sent"]) {
-        session.addEventListener(type, ({ detail }) => this.#emit(type, detail));
-      }
-      this.#setPhase("live");
+      this.#adopt(session);
     } catch (error) {
       if (error?.name !== "AbortError") {
         const { code = "error", message = String(error), hint, status } = error ?? {};
@@ -122,8 +121,67 @@ export class RealtimeVoiceElement extends HTMLElement {
     }
   }
 
+  /** Cancel a connect or a reconnection in progress, or end the session. */
   stop() {
-    this.#abort?.abort(); // cancels a connect in progress, or closes the session
+    this.#reconnector?.cancel();
+    this.#abort?.abort();
+    this.#session?.close(); // a session from a reconnection is not tied to the first connect's signal
+  }
+
+  #open(signal, context = []) {
+    return connect({
+      endpoint: this.getAttribute("endpoint") || "/connect",
+      voice: this.getAttribute("voice") || undefined,
+      instructions: this.getAttribute("instructions") || undefined,
+      audioElement: this.#ui.audio,
+      context,
+      signal,
+      onStatus: (status) => this.#onStatus(status),
+      onEvent: (event) => this.#emit("event", event),
+    });
+  }
+
+  #adopt(session) {
+    this.#session = session;
+    this.#transcript.follow(session);
+    session.addEventListener("transcript", ({ detail }) => renderTranscript(this.#ui.transcript, detail));
+    session.addEventListener("error", ({ detail }) => showError(this.#ui.error, detail));
+    session.addEventListener("audio", ({ detail }) => { this.#ui.enableAudio.hidden = !detail.blocked; });
+    session.addEventListener("ended", ({ detail }) => this.#onEnded(detail));
+    for (const type of ["transcript", "error", "sent", "ended"]) {
+      session.addEventListener(type, ({ detail }) => this.#emit(type, detail));
+    }
+    this.#ui.enableAudio.hidden = !session.audioBlocked;
+    this.#setPhase("live");
+  }
+
+  /** Say why the call ended; after an accident, new calls with backoff, each given the conversation so far. */
+  async #onEnded(detail) {
+    this.#session = null;
+    this.#ui.enableAudio.hidden = true;
+    this.#say(detail.message);
+    if (!detail.reconnectable) return;
+    const reconnector = (this.#reconnector = new Reconnector((signal) => this.#open(signal, this.#transcript.lastTurns())));
+    reconnector.addEventListener("reconnecting", ({ detail: { attempt, maxAttempts } }) => {
+      this.#say(`${detail.message} Reconnecting (attempt ${attempt} of ${maxAttempts})…`);
+      showStatus(this.#ui.status, "reconnecting");
+    });
+    this.#setPhase("connecting");
+    const session = await reconnector.run();
+    this.#reconnector = null;
+    if (session && session.status !== "disconnected") {
+      this.#say("Reconnected.");
+      this.#adopt(session);
+      return;
+    }
+    session?.close();
+    this.#say(`${detail.message} Could not reconnect.`);
+    this.#reset();
+  }
+
+  #say(text) {
+    this.#ui.notice.textContent = text;
+    this.#ui.notice.hidden = !text;
   }
 
   disconnectedCallback() {
@@ -131,9 +189,9 @@ export class RealtimeVoiceElement extends HTMLElement {
   }
 
   #onStatus(status) {
-    showStatus(this.#ui.status, status);
+    if (!this.#reconnector) showStatus(this.#ui.status, status);
     this.#emit("status", status);
-    if (status === "disconnected" && this.#session) this.#reset();
+    if (status === "disconnected" && !this.#reconnector) this.#reset();
   }
 
   #reset() {

@@ -110,6 +110,10 @@ def test_a_lost_connection_reconnects_and_the_assistant_remembers(page: Page, pe
     page.fill("#message", "What is my name?")
     page.press("#message", "Enter")
     page.locator(ASSISTANT_LINES, has_text="I remember our conversation so far").wait_for()
+    page.click("#stop")
+    page.wait_for_selector("#status[data-status='disconnected']")
+    assert page.inner_text(NOTICE) == "You ended the conversation."
+    eventually(lambda: second.closed, what="the reconnected call to end")
 
 
 def test_the_service_limit_reconnects_at_once(page: Page, peers: PeerHost) -> None:  # noqa: F811
@@ -278,4 +282,22 @@ def test_blocked_audio_offers_a_button_that_starts_it(browser, app, peers) -> No
     page.click("#enable-audio")
     page.wait_for_selector("#enable-audio", state="hidden")
     assert not page.evaluate("document.getElementById('remote-audio').paused")
+    page.context.close()
+
+
+def test_the_web_component_reconnects_and_says_why_a_call_ended(browser, app, peers) -> None:  # noqa: F811
+    page = browser.new_context().new_page()
+    page.goto(f"{app.url}/embed-example.html")
+    shadow = "document.querySelector('realtime-voice').shadowRoot"
+    known = len(peers.peers)
+    page.locator("realtime-voice button.toggle").click()
+    page.wait_for_function(f"{shadow}.querySelector('.status').textContent === 'Listening'", timeout=CONNECT_TIMEOUT_MS)
+    first = eventually(lambda: len(peers.peers) > known and peers.peers[-1], what="the call")
+    eventually(lambda: first.channel_open, what="the data channel")
+    peers.drop(first.call_id)
+    page.wait_for_function(f"{shadow}.querySelector('.notice').textContent === 'Reconnected.'", timeout=RECONNECT_TIMEOUT_MS)
+    second = next_peer(peers, first)
+    peers.hangup(second.call_id)
+    page.wait_for_function(f"{shadow}.querySelector('.notice').textContent === 'The conversation was ended by the server.'")
+    assert page.locator("realtime-voice button.toggle").inner_text() == "Start conversation"
     page.context.close()
