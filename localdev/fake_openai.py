@@ -11,6 +11,7 @@ import json
 import secrets
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -265,6 +266,11 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 512  # a burst of new connections queues like at a real front end instead of being reset
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that hangs up (or a connection a fault reset) is routine here, not a traceback on stderr."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def _handler_for(fake: FakeAzureOpenAI) -> type[BaseHTTPRequestHandler]:
