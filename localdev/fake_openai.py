@@ -95,7 +95,7 @@ class FakeAzureOpenAI:
         self.secrets: dict[str, dict] = {}
         self._faults: dict[str, list[Fault]] = {"client_secrets": [], "calls": [], "hangup": []}
         self._lock = threading.Lock()
-        self.server = _Server((host, port), _handler_for(self))
+        self.server = LoopbackServer((host, port), _handler_for(self))
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), name="fake-azure-openai", daemon=True)
         self.thread.start()
 
@@ -262,7 +262,9 @@ def _only(obj: object, allowed: set[str], where: str) -> None:
             raise ServiceError(400, "unknown_parameter", f"Unknown parameter: '{where}{key}'.", f"{where}{key}")
 
 
-class _Server(ThreadingHTTPServer):
+class LoopbackServer(ThreadingHTTPServer):
+    """A threaded HTTP server for local fakes: daemon threads, a deep accept queue, quiet about hang-ups."""
+
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 512  # a burst of new connections queues like at a real front end instead of being reset

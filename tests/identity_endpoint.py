@@ -5,8 +5,10 @@ import json
 import secrets
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
+
+from localdev.fake_openai import LoopbackServer
 
 
 class IdentityEndpoint:
@@ -16,8 +18,7 @@ class IdentityEndpoint:
         self.fail_with: int | None = None
         self.delay = 0.0  # seconds each answer stalls (a slow or hung identity endpoint)
         self.on_token = on_token
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
+        self.server = LoopbackServer(("127.0.0.1", 0), self._handler())
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     @property
