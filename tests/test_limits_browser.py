@@ -12,7 +12,7 @@ from localdev.emulator import PeerHost
 from localdev.fake_openai import FakeAzureOpenAI
 from tests.browser import CHROMIUM
 from tests.conftest import API_KEY, LocalHost
-from tests.test_browser_e2e import browser, eventually, peers, start  # noqa: F401  (fixtures)
+from tests.test_browser_e2e import browser, eventually, page, peers, start  # noqa: F401  (fixtures; page uses this module's app)
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")]
 LIMIT_SECONDS = 10
@@ -33,16 +33,6 @@ def app(emulator: FakeAzureOpenAI) -> Iterator[LocalHost]:
                       "REALTIME_MAX_SESSION_SECONDS": str(LIMIT_SECONDS), "LOCAL_TIMER_INTERVAL_SECONDS": "1"})
     yield host
     host.close()
-
-
-@pytest.fixture
-def page(browser, app: LocalHost) -> Iterator[Page]:  # noqa: F811
-    context = browser.new_context()
-    page = context.new_page()
-    page.goto(app.url + "/")
-    page.wait_for_function("document.querySelectorAll('#voice option').length >= 10")
-    yield page
-    context.close()
 
 
 def server_hang_ups(emulator: FakeAzureOpenAI, call_id: str) -> list:
