@@ -14,10 +14,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar
 
-from .logs import logger, remember_secret
+from .logs import remember_secret
 from .settings import SharedLimits
 
-log = logger(__name__)
 T = TypeVar("T")
 PARTITION = "limits"
 STORAGE_TIMEOUT_SECONDS = 3.0  # per storage call: a dead storage account must not eat the connect deadline
