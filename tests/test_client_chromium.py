@@ -90,7 +90,8 @@ RECORD_NOTICES = """() => {
 
 
 def replayed(peer: EmulatedPeer) -> list[tuple[str, str]]:
-    """The (role, text) items a new call was given before anything else was asked of it."""
+    """The (role, text) items a new call was given before anything else was asked of it. The page sends them as
+    the data channel opens, so callers wait for them to arrive rather than read them at once."""
     items = []
     for event in peer.events_received:
         if event["type"] != "conversation.item.create":
@@ -112,9 +113,12 @@ def test_a_lost_connection_reconnects_and_the_assistant_remembers(page: Page, pe
                            timeout=RECONNECT_TIMEOUT_MS)
     assert "reconnecting" in page.evaluate("window.shown.statuses")
     assert any(n.startswith("The connection was lost. Reconnecting: attempt 1 of 6") for n in page.evaluate("window.shown.notices"))
-    history = replayed(second)
-    assert ("user", "My name is Ada.") in history
-    assert any(role == "assistant" and text.startswith("You said: My name is Ada") for role, text in history), history
+    def both_turns() -> bool:
+        history = replayed(second)
+        return ("user", "My name is Ada.") in history and any(
+            role == "assistant" and text.startswith("You said: My name is Ada") for role, text in history)
+
+    eventually(both_turns, what="the user's and the assistant's replayed turns to arrive")
 
     # The microphone's turn opens again on the new call; a message typed before that would be cut by it.
     page.wait_for_function(f"document.querySelectorAll({USER_LINES!r}).length > {heard}")
@@ -132,7 +136,7 @@ def test_the_service_limit_reconnects_at_once(page: Page, peers: PeerHost) -> No
     say(page, "Remember the number seven.")
     peers.expire(first.call_id)
     second = next_peer(peers, first)
-    assert ("user", "Remember the number seven.") in replayed(second)
+    eventually(lambda: ("user", "Remember the number seven.") in replayed(second), what="the replayed turn to arrive")
     page.wait_for_selector("#status[data-status='listening']")
     assert page.is_hidden("#error"), "the service's limit is not the user's error"
 
@@ -169,7 +173,7 @@ def test_the_time_limit_is_shown_ends_the_call_and_a_new_one_keeps_the_context(b
     assert peers.peers[-1] is first, "no reconnection after the time limit"
     page.click("#continue")
     second = next_peer(peers, first)
-    assert ("user", "Let us plan a trip.") in replayed(second)
+    eventually(lambda: ("user", "Let us plan a trip.") in replayed(second), what="the replayed turn to arrive")
     page.context.close()
 
 
