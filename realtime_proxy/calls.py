@@ -42,12 +42,6 @@ class CallControl:
         except ApiError as error:
             return error_response(error, cors)
 
-    def preflight(self, req: func.HttpRequest) -> func.HttpResponse:
-        try:
-            return self.origins.preflight(req)
-        except ApiError as error:
-            return error_response(error)
-
     async def pause(self, req: func.HttpRequest) -> func.HttpResponse:
         """The kill switch (function key): hang up every live call and refuse new connects until resumed."""
         try:

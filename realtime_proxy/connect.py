@@ -33,12 +33,6 @@ class ConnectHandler:
         self.admission = admission
         self.telemetry = telemetry
 
-    def preflight(self, req: func.HttpRequest) -> func.HttpResponse:
-        try:
-            return self.origins.preflight(req)
-        except ApiError as error:
-            return error_response(error)
-
     async def __call__(self, req: func.HttpRequest) -> func.HttpResponse:
         cors: dict[str, str] = {}
         with self.telemetry.connect(req, self.settings.deployment) as record:

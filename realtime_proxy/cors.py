@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import azure.functions as func
 
-from .errors import ApiError
+from .errors import ApiError, error_response
 
 EXPOSED = "Location, Retry-After, Server-Timing, X-Request-Id, X-Call-Token"
 # What browsers may send on POST /connect: the bundled client's, and what OpenAI-style WebRTC clients put on their
@@ -39,7 +39,11 @@ class OriginPolicy:
         )
 
     def preflight(self, req: func.HttpRequest) -> func.HttpResponse:
-        headers = self.check(req)
+        """The answer to any route's CORS preflight: 204 with what may be sent, or the refusal as JSON."""
+        try:
+            headers = self.check(req)
+        except ApiError as error:
+            return error_response(error)
         headers.update(
             {
                 "Access-Control-Allow-Methods": "POST, OPTIONS",

@@ -93,10 +93,10 @@ class RealtimeProxy:
         return cls(load_settings(env), telemetry=telemetry_from_environ(os.environ if env is None else env))
 
     async def _preflight(self, req: func.HttpRequest) -> func.HttpResponse:
-        return self._connect.preflight(req)
+        return self.origins.preflight(req)
 
     async def _hang_up_preflight(self, req: func.HttpRequest) -> func.HttpResponse:
-        return self.calls.preflight(req)
+        return self.origins.preflight(req)
 
     async def _config(self, req: func.HttpRequest) -> func.HttpResponse:
         try:
