@@ -3,6 +3,7 @@
 Handlers are `async def`: the Python worker runs them on its event loop, so one instance brokers many
 connects at once while each waits on Azure (see README, "Concurrency").
 """
+
 import azure.functions as func
 
 from realtime_proxy.service import RealtimeProxy

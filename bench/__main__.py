@@ -2,6 +2,7 @@
 
 Each runs in its own interpreter so one's imports and threads cannot skew the other's figures.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -14,8 +15,10 @@ BENCHMARKS = {"overhead": "connect_overhead.py", "concurrency": "concurrency.py"
 def main() -> int:
     args = sys.argv[1:]
     if args and args[0] not in BENCHMARKS:
-        print(f"usage: ./dev bench [{'|'.join(BENCHMARKS)} [ARGS...]]   (--help after a name lists its options)",
-              file=sys.stderr)
+        print(
+            f"usage: ./dev bench [{'|'.join(BENCHMARKS)} [ARGS...]]   (--help after a name lists its options)",
+            file=sys.stderr,
+        )
         return 2
     names = [args.pop(0)] if args else list(BENCHMARKS)
     for name in names:

@@ -6,6 +6,7 @@ aiohttp session configured as the app's is (no cookie jar, no redirects, no envi
 interleaved so machine noise hits both alike. Prints the ratio and how many upstream connections the
 function opened. Target: ratio <= 1.1 and 1 connection for N >= 100.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,12 +19,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import aiohttp  # noqa: E402
-from requests_toolbelt import MultipartEncoder  # noqa: E402
+import aiohttp
+import azure.functions as func
+from requests_toolbelt import MultipartEncoder
 
-import azure.functions as func  # noqa: E402
-from localdev.fake_openai import FakeAzureOpenAI  # noqa: E402
-from realtime_proxy.service import RealtimeProxy  # noqa: E402
+from localdev.fake_openai import FakeAzureOpenAI
+from realtime_proxy.service import RealtimeProxy
 
 KEY = "bench-key"
 OFFER = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n"
@@ -40,24 +41,36 @@ async def through_function(proxy: RealtimeProxy, count: int) -> float:
 
 
 async def bare(session: aiohttp.ClientSession, base: str, count: int) -> float:
-    payload = {"expires_after": {"anchor": "created_at", "seconds": 600},
-               "session": {"type": "realtime", "model": "gpt-realtime", "instructions": "Be brief.",
-                           "audio": {"output": {"voice": "marin"}}}}
+    payload = {
+        "expires_after": {"anchor": "created_at", "seconds": 600},
+        "session": {
+            "type": "realtime",
+            "model": "gpt-realtime",
+            "instructions": "Be brief.",
+            "audio": {"output": {"voice": "marin"}},
+        },
+    }
     started = time.perf_counter()
     for _ in range(count):
-        async with session.post(f"{base}/openai/v1/realtime/client_secrets", json=payload, headers={"api-key": KEY},
-                                allow_redirects=False) as secret:
+        async with session.post(
+            f"{base}/openai/v1/realtime/client_secrets", json=payload, headers={"api-key": KEY}, allow_redirects=False
+        ) as secret:
             value = (await secret.json())["value"]
-        async with session.post(f"{base}/openai/v1/realtime/calls", data=OFFER.encode(), allow_redirects=False,
-                                headers={"Authorization": f"Bearer {value}", "Content-Type": "application/sdp"}) as call:
+        async with session.post(
+            f"{base}/openai/v1/realtime/calls",
+            data=OFFER.encode(),
+            allow_redirects=False,
+            headers={"Authorization": f"Bearer {value}", "Content-Type": "application/sdp"},
+        ) as call:
             assert call.status == 201 and (await call.read()).startswith(b"v=0")
     return time.perf_counter() - started
 
 
 async def measure(count: int, rounds: int) -> None:
     fake = FakeAzureOpenAI(api_key=KEY)
-    proxy = RealtimeProxy.from_environ({"AZURE_OPENAI_BASE_URL": fake.url, "AZURE_OPENAI_API_KEY": KEY,
-                                        "RATE_LIMIT_PER_MINUTE": "0"})
+    proxy = RealtimeProxy.from_environ(
+        {"AZURE_OPENAI_BASE_URL": fake.url, "AZURE_OPENAI_API_KEY": KEY, "RATE_LIMIT_PER_MINUTE": "0"}
+    )
     session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(sock_read=10))
     await bare(session, fake.url, 5)  # warm the baseline's pool; the function's first round opens its own connection
     fake.connections = 0
@@ -67,8 +80,13 @@ async def measure(count: int, rounds: int) -> None:
         function_times.append(await through_function(proxy, per_round) / per_round)
         bare_times.append(await bare(session, fake.url, per_round) / per_round)
     function_ms, bare_ms = statistics.median(function_times) * 1000, statistics.median(bare_times) * 1000
-    result = {"connects": per_round * rounds, "function_ms": round(function_ms, 3), "bare_ms": round(bare_ms, 3),
-              "ratio": round(function_ms / bare_ms, 3), "upstream_connections_opened": fake.connections}
+    result = {
+        "connects": per_round * rounds,
+        "function_ms": round(function_ms, 3),
+        "bare_ms": round(bare_ms, 3),
+        "ratio": round(function_ms / bare_ms, 3),
+        "upstream_connections_opened": fake.connections,
+    }
     print(json.dumps(result))
     await session.close()
     await proxy.aclose()

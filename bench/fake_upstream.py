@@ -12,6 +12,7 @@ Run as a process (its CPU must not be billed to the app or the Worker):
 It prints one JSON line with its URLs, then serves until stdin closes. `GET /_stats` and `POST /_reset`
 read and clear the counters; `/_reset?latency=S` also changes the service time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.identity_endpoint import IdentityEndpoint  # noqa: E402
+from tests.identity_endpoint import IdentityEndpoint
 
 ANSWER = (
     b"v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n"
@@ -97,11 +98,13 @@ class FakeRealtime:
         location = f"/v1/realtime/calls/rtc_{secrets.token_hex(12)}"
         return web.Response(status=201, body=ANSWER, headers={"Content-Type": "application/sdp", "Location": location})
 
-    def protocol_factory(self, server: web.Server):  # noqa: ANN201 (aiohttp's RequestHandler is private)
+    def protocol_factory(self, server: web.Server):
         """Wraps aiohttp's per-connection protocol factory so each accepted TCP connection is counted."""
-        def factory():  # noqa: ANN202
+
+        def factory():
             self.connections += 1
             return server()
+
         return factory
 
 
@@ -117,8 +120,12 @@ async def serve(api_key: str, latency: float, identity_delay: float) -> None:
     server = web.Server(fake.handle, access_log=None)
     listener = await loop.create_server(fake.protocol_factory(server), "127.0.0.1", 0, backlog=4096)
     port = listener.sockets[0].getsockname()[1]
-    print(json.dumps({"url": f"http://127.0.0.1:{port}", "identity_endpoint": identity.url,
-                      "identity_header": identity.header}), flush=True)
+    print(
+        json.dumps(
+            {"url": f"http://127.0.0.1:{port}", "identity_endpoint": identity.url, "identity_header": identity.header}
+        ),
+        flush=True,
+    )
     await loop.run_in_executor(None, sys.stdin.read)  # the parent closes our stdin (or dies) to stop us
     listener.close()
     identity.close()
@@ -128,8 +135,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--latency", type=float, default=0.15, help="seconds per upstream request (default 0.15)")
     parser.add_argument("--key", default="bench-key", help="the api-key the fake accepts")
-    parser.add_argument("--identity-delay", type=float, default=0.3,
-                        help="seconds the identity endpoint takes per token")
+    parser.add_argument(
+        "--identity-delay", type=float, default=0.3, help="seconds the identity endpoint takes per token"
+    )
     args = parser.parse_args()
     asyncio.run(serve(args.key, args.latency, args.identity_delay))
 

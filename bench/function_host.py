@@ -13,6 +13,7 @@ the worker's gRPC log handler does, so per-connect logging costs what it costs i
 `FUNCTIONS_WORKER_PROCESS_COUNT` is several of these on one port (SO_REUSEPORT). Prints one JSON line once it
 serves (with how long loading the app took), then serves until stdin closes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-
 from routing import literal_path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -79,7 +79,8 @@ def index(app: Any, prefix: str) -> dict[tuple[str, str], Route]:
         handler = function.get_user_function()
         for method in trigger.get("methods") or ["GET", "POST"]:
             routes[(str(getattr(method, "value", method)).upper(), path)] = Route(
-                handler, trigger["name"], inspect.iscoroutinefunction(handler))
+                handler, trigger["name"], inspect.iscoroutinefunction(handler)
+            )
     return routes
 
 
@@ -102,8 +103,14 @@ class EmulatedDispatch:
         route = self.routes.get((request.method, request.path))
         if route is None:
             return web.Response(status=404)
-        req = func.HttpRequest(request.method, str(request.url), headers=dict(request.headers),
-                               params=dict(request.query), route_params={}, body=await request.read())
+        req = func.HttpRequest(
+            request.method,
+            str(request.url),
+            headers=dict(request.headers),
+            params=dict(request.query),
+            route_params={},
+            body=await request.read(),
+        )
         call = functools.partial(route.handler, **{route.binding: req})
         if route.is_async:
             response = await call()
@@ -138,13 +145,24 @@ async def serve(port: int, app_root: Path, runtime: bool) -> None:
         invocations += 1
         return await dispatch.invoke(request)
 
-    listener = await loop.create_server(web.Server(handle, access_log=None), "127.0.0.1", port,
-                                        reuse_port=True, backlog=4096)
+    listener = await loop.create_server(
+        web.Server(handle, access_log=None), "127.0.0.1", port, reuse_port=True, backlog=4096
+    )
     spawned = float(os.environ.get("BENCH_SPAWNED_AT") or booted)
-    print(json.dumps({"pid": os.getpid(), "boot_ms": round((booted - spawned) * 1000, 1),
-                      "load_ms": round(load_ms, 1), "threads": thread_count(),
-                      "dispatch": "azure-functions-runtime" if runtime else "emulated",
-                      "python": sys.version.split()[0], "handlers": dispatch.modes()}), flush=True)
+    print(
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "boot_ms": round((booted - spawned) * 1000, 1),
+                "load_ms": round(load_ms, 1),
+                "threads": thread_count(),
+                "dispatch": "azure-functions-runtime" if runtime else "emulated",
+                "python": sys.version.split()[0],
+                "handlers": dispatch.modes(),
+            }
+        ),
+        flush=True,
+    )
     await loop.run_in_executor(None, sys.stdin.read)  # stop when the parent closes our stdin
     listener.close()
     print(json.dumps({"pid": os.getpid(), "invocations": invocations}), flush=True)
@@ -153,10 +171,17 @@ async def serve(port: int, app_root: Path, runtime: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--app-root", type=Path, default=REPO,
-                        help="the folder holding function_app.py and host.json (default: this repository)")
-    parser.add_argument("--runtime", action="store_true",
-                        help="dispatch through the real worker library, azure-functions-runtime (Python 3.13)")
+    parser.add_argument(
+        "--app-root",
+        type=Path,
+        default=REPO,
+        help="the folder holding function_app.py and host.json (default: this repository)",
+    )
+    parser.add_argument(
+        "--runtime",
+        action="store_true",
+        help="dispatch through the real worker library, azure-functions-runtime (Python 3.13)",
+    )
     args = parser.parse_args()
     asyncio.run(serve(args.port, args.app_root.resolve(), args.runtime))
 

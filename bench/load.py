@@ -4,6 +4,7 @@
 Closed loop because a user does not start a second connect before the first one answers; the throughput a
 server reaches this way at C clients is what C simultaneous users experience.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -72,16 +73,25 @@ a=max-message-size:262144
 
 def offer_sdp() -> str:
     fingerprint = ":".join(f"{b:02X}" for b in secrets.token_bytes(32))
-    return OFFER.format(session=secrets.randbits(62), stream=uuid.uuid4(), track=uuid.uuid4(),
-                        ufrag=secrets.token_urlsafe(3)[:4], pwd=secrets.token_urlsafe(18)[:24],
-                        fingerprint=fingerprint, ssrc=secrets.randbits(31), cname=secrets.token_urlsafe(12))
+    return OFFER.format(
+        session=secrets.randbits(62),
+        stream=uuid.uuid4(),
+        track=uuid.uuid4(),
+        ufrag=secrets.token_urlsafe(3)[:4],
+        pwd=secrets.token_urlsafe(18)[:24],
+        fingerprint=fingerprint,
+        ssrc=secrets.randbits(31),
+        cname=secrets.token_urlsafe(12),
+    )
 
 
 def multipart_offer(voice: str = "marin") -> tuple[bytes, str]:
     """The body a browser's FormData(sdp, voice) produces, and its Content-Type."""
     boundary = "----WebKitFormBoundary" + secrets.token_urlsafe(12)
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
-             for name, value in (("sdp", offer_sdp()), ("voice", voice))]
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        for name, value in (("sdp", offer_sdp()), ("voice", voice))
+    ]
     return ("".join(parts) + f"--{boundary}--\r\n").encode(), f"multipart/form-data; boundary={boundary}"
 
 
@@ -121,7 +131,7 @@ async def connect_once(http: aiohttp.ClientSession, url: str) -> str | None:
             answer = await response.read()
             if response.status != 201:
                 return f"HTTP {response.status}"
-            if not answer.startswith(b"v=0") or not response.content_type == "application/sdp":
+            if not answer.startswith(b"v=0") or response.content_type != "application/sdp":
                 return "not an SDP answer"
             return None
     except (TimeoutError, aiohttp.ClientError) as exc:

@@ -1,4 +1,5 @@
 """The URL path of a Functions HTTP route, for the benchmark's worker front (both dispatches)."""
+
 from __future__ import annotations
 
 

@@ -10,6 +10,7 @@ go through their wire encoding and straight into the library; the gRPC socket is
 Needs the venv `bench/runtime_env.py` builds (the library, the app's requirements, and the host's protos
 compiled from $FUNCTIONS_HOST_PROTOS).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,15 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import azure_functions_runtime as library
+import FunctionRpc_pb2 as rpc  # compiled by runtime_env.py from $FUNCTIONS_HOST_PROTOS
 from aiohttp import web
 from azure_functions_runtime.handle_event import _functions as indexed  # the library's registry: sync or async
-
-import FunctionRpc_pb2 as rpc  # compiled by runtime_env.py from $FUNCTIONS_HOST_PROTOS
 from routing import literal_path
 from shared import NullableTypes_pb2
 
-PROTOS = types.SimpleNamespace(**{n: getattr(m, n) for m in (NullableTypes_pb2, rpc) for n in dir(m)
-                                  if not n.startswith("_")})
+PROTOS = types.SimpleNamespace(
+    **{n: getattr(m, n) for m in (NullableTypes_pb2, rpc) for n in dir(m) if not n.startswith("_")}
+)
 
 
 @dataclass
@@ -52,8 +53,7 @@ def _over_the_wire(message: Any) -> Any:
 
 
 async def _send(handler: Any, **message: Any) -> Any:
-    envelope = Envelope(_over_the_wire(rpc.StreamingMessage(**message)),
-                        {"host": "127.0.0.1", "protos": PROTOS})
+    envelope = Envelope(_over_the_wire(rpc.StreamingMessage(**message)), {"host": "127.0.0.1", "protos": PROTOS})
     return await handler(envelope)
 
 
@@ -67,25 +67,33 @@ class RuntimeDispatch:
         from localdev.host import route_prefix
 
         library.start_threadpool_executor()
-        init = await _send(library.worker_init_request, worker_init_request=rpc.WorkerInitRequest(
-            host_version="4.1040.0", function_app_directory=str(app_root), worker_directory=str(app_root)))
+        init = await _send(
+            library.worker_init_request,
+            worker_init_request=rpc.WorkerInitRequest(
+                host_version="4.1040.0", function_app_directory=str(app_root), worker_directory=str(app_root)
+            ),
+        )
         if init.result.status != rpc.StatusResult.Success:
             raise RuntimeError(f"worker init failed: {init.result.exception.message}")
-        metadata = await _send(library.functions_metadata_request,
-                               functions_metadata_request=rpc.FunctionsMetadataRequest(
-                                   function_app_directory=str(app_root)))
+        metadata = await _send(
+            library.functions_metadata_request,
+            functions_metadata_request=rpc.FunctionsMetadataRequest(function_app_directory=str(app_root)),
+        )
         prefix = route_prefix(app_root / "host.json")
         routes: dict[tuple[str, str], Function] = {}
         for meta in metadata.function_metadata_results:
-            await _send(library.function_load_request, function_load_request=rpc.FunctionLoadRequest(
-                function_id=meta.function_id, metadata=meta))
+            await _send(
+                library.function_load_request,
+                function_load_request=rpc.FunctionLoadRequest(function_id=meta.function_id, metadata=meta),
+            )
             trigger = next((b for b in map(json.loads, meta.raw_bindings) if b["type"] == "httpTrigger"), None)
             path = literal_path(prefix, trigger.get("route") or meta.name) if trigger else None
             if trigger is None or path is None:  # timers, and routes with parameters: not benchmarked
                 continue
             for method in trigger.get("methods") or ["GET", "POST"]:
                 routes[(method.upper(), path)] = Function(
-                    meta.function_id, trigger["name"], indexed.get_function(meta.function_id).is_async)
+                    meta.function_id, trigger["name"], indexed.get_function(meta.function_id).is_async
+                )
         return cls(routes)
 
     def modes(self) -> dict[str, str]:
@@ -95,16 +103,29 @@ class RuntimeDispatch:
         function = self.routes.get((request.method, request.path))
         if function is None:
             return web.Response(status=404)
-        http = rpc.RpcHttp(method=request.method, url=str(request.url), headers=dict(request.headers),
-                           query=dict(request.query), body=rpc.TypedData(bytes=await request.read()))
-        answer = await _send(library.invocation_request, invocation_request=rpc.InvocationRequest(
-            invocation_id=str(uuid.uuid4()), function_id=function.function_id,
-            input_data=[rpc.ParameterBinding(name=function.binding, data=rpc.TypedData(http=http))]))
+        http = rpc.RpcHttp(
+            method=request.method,
+            url=str(request.url),
+            headers=dict(request.headers),
+            query=dict(request.query),
+            body=rpc.TypedData(bytes=await request.read()),
+        )
+        answer = await _send(
+            library.invocation_request,
+            invocation_request=rpc.InvocationRequest(
+                invocation_id=str(uuid.uuid4()),
+                function_id=function.function_id,
+                input_data=[rpc.ParameterBinding(name=function.binding, data=rpc.TypedData(http=http))],
+            ),
+        )
         answer = _over_the_wire(rpc.StreamingMessage(invocation_response=answer)).invocation_response
         if answer.result.status != rpc.StatusResult.Success:
             return web.Response(status=500, text=answer.result.exception.message)
         out = answer.return_value.http
         kind = out.body.WhichOneof("data")
         body = getattr(out.body, kind) if kind else b""
-        return web.Response(status=int(out.status_code or 200), headers=dict(out.headers),
-                            body=body.encode() if isinstance(body, str) else body)
+        return web.Response(
+            status=int(out.status_code or 200),
+            headers=dict(out.headers),
+            body=body.encode() if isinstance(body, str) else body,
+        )

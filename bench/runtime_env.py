@@ -8,6 +8,7 @@ Python 3.13, `--dispatch auto` uses the emulated dispatch (which measured the sa
 
     FUNCTIONS_HOST_PROTOS=DIR python bench/runtime_env.py [APP_ROOT]   # prints the venv's python
 """
+
 from __future__ import annotations
 
 import glob
@@ -37,7 +38,10 @@ def available() -> bool:
 def ensure(app_root: Path) -> Path:
     """The venv's python, after (re)building it if the app's requirements, the protos or PACKAGES changed."""
     if PROTOS is None:
-        raise SystemExit("set FUNCTIONS_HOST_PROTOS to the host's proto folder (see bench/runtime_env.py), or use --dispatch emulated")
+        raise SystemExit(
+            "set FUNCTIONS_HOST_PROTOS to the host's proto folder (see bench/runtime_env.py), "
+            "or use --dispatch emulated"
+        )
     inputs = [app_root / "requirements.txt", *sorted(PROTOS.rglob("*.proto"))]
     want = hashlib.sha256(b"".join(p.read_bytes() for p in inputs) + repr(PACKAGES).encode()).hexdigest()
     python, stamp = VENV / "bin" / "python", VENV / ".inputs.sha"
@@ -53,10 +57,25 @@ def ensure(app_root: Path) -> Path:
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", *PACKAGES, "-r", requirements], check=True)
     compiled = VENV / "functions-protos"
     compiled.mkdir()
-    subprocess.run([str(python), "-m", "grpc_tools.protoc", "-I", str(PROTOS), f"--python_out={compiled}",
-                    *(str(p.relative_to(PROTOS)) for p in sorted(PROTOS.rglob("*.proto")))], cwd=PROTOS, check=True)
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run(
+        [
+            str(python),
+            "-m",
+            "grpc_tools.protoc",
+            "-I",
+            str(PROTOS),
+            f"--python_out={compiled}",
+            *(str(p.relative_to(PROTOS)) for p in sorted(PROTOS.rglob("*.proto"))),
+        ],
+        cwd=PROTOS,
+        check=True,
+    )
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     Path(site, "functions-protos.pth").write_text(f"{compiled}\n")
     stamp.write_text(want)
     return python

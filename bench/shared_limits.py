@@ -7,6 +7,7 @@ on a local Azurite (every limit on: per-client and app-wide rates, session caps)
 and the latency ratio. Azurite on loopback answers in about a millisecond; Azure Table Storage in the same
 region takes a few, so the ratio here is a floor, the round-trip count is what carries over.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,16 +21,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import azure.functions as func  # noqa: E402
-from localdev.azurite import Azurite  # noqa: E402
-from localdev.fake_openai import FakeAzureOpenAI  # noqa: E402
-from realtime_proxy.service import RealtimeProxy  # noqa: E402
-from realtime_proxy.tables import StorageTable  # noqa: E402
+import azure.functions as func
+
+from localdev.azurite import Azurite
+from localdev.fake_openai import FakeAzureOpenAI
+from realtime_proxy.service import RealtimeProxy
+from realtime_proxy.tables import StorageTable
 
 KEY = "bench-key"
 OFFER = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n"
-LIMITS = {"RATE_LIMIT_PER_MINUTE": "100000", "RATE_LIMIT_BURST": "100000", "APP_RATE_LIMIT_PER_MINUTE": "1000000",
-          "MAX_ACTIVE_SESSIONS": "100000", "MAX_ACTIVE_SESSIONS_PER_CLIENT": "1000"}
+LIMITS = {
+    "RATE_LIMIT_PER_MINUTE": "100000",
+    "RATE_LIMIT_BURST": "100000",
+    "APP_RATE_LIMIT_PER_MINUTE": "1000000",
+    "MAX_ACTIVE_SESSIONS": "100000",
+    "MAX_ACTIVE_SESSIONS_PER_CLIENT": "1000",
+}
 
 
 def counting(table: StorageTable) -> list[int]:
@@ -48,7 +55,9 @@ def counting(table: StorageTable) -> list[int]:
 async def run(proxy: RealtimeProxy, count: int) -> float:
     started = time.perf_counter()
     for _ in range(count):
-        req = func.HttpRequest("POST", "http://localhost/connect", headers={"content-type": "application/sdp"}, body=OFFER.encode())
+        req = func.HttpRequest(
+            "POST", "http://localhost/connect", headers={"content-type": "application/sdp"}, body=OFFER.encode()
+        )
         assert (await proxy.connect(req)).status_code == 201
     return (time.perf_counter() - started) / count
 
@@ -69,8 +78,13 @@ async def measure(count: int, rounds: int, azurite: Azurite) -> dict[str, float]
     shared_ms, local_ms = statistics.median(shared_times) * 1000, statistics.median(local_times) * 1000
     await shared.aclose(), await local.aclose()
     fake.close()
-    return {"connects": per_round * rounds, "storage_round_trips_per_connect": round(calls[0] / (per_round * rounds), 2),
-            "shared_ms": round(shared_ms, 3), "in_process_ms": round(local_ms, 3), "ratio": round(shared_ms / local_ms, 3)}
+    return {
+        "connects": per_round * rounds,
+        "storage_round_trips_per_connect": round(calls[0] / (per_round * rounds), 2),
+        "shared_ms": round(shared_ms, 3),
+        "in_process_ms": round(local_ms, 3),
+        "ratio": round(shared_ms / local_ms, 3),
+    }
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ points the app at it, so the whole loop works on a fresh machine; with Azure set
 With no storage account (AzureWebJobsStorage empty or `UseDevelopmentStorage=true`) it starts Azurite, data in
 `.azurite/`, so limits are shared as on Azure; without node or Azurite it runs with limits per instance.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,8 @@ def load_local_settings(path: Path) -> None:
 
 
 def start_emulator() -> None:
-    from .fake_openai import FakeAzureOpenAI
     from .emulator import PeerHost
+    from .fake_openai import FakeAzureOpenAI
 
     key = secrets.token_urlsafe(24)
     peers = PeerHost()
@@ -75,7 +76,9 @@ def main() -> None:
     from function_app import app, proxy
 
     if proxy.settings.problems:
-        log.warning("Not configured; /connect answers 503 not_configured until fixed: %s.", "; ".join(proxy.settings.problems))
+        log.warning(
+            "Not configured; /connect answers 503 not_configured until fixed: %s.", "; ".join(proxy.settings.problems)
+        )
     elif not proxy.settings.emulator:
         log.info("Using Azure OpenAI at %s", proxy.settings.resource_url)
 

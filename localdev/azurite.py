@@ -6,6 +6,7 @@ port and folder brings back everything written before the stop: storage goes awa
 outage looks to the app. Only one Azurite may use a folder at a time (two would overwrite each other's saves),
 so the folder is locked for as long as the process lives.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -56,8 +57,10 @@ class Azurite:
 
     @property
     def connection_string(self) -> str:
-        return (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
-                f"TableEndpoint=http://127.0.0.1:{self.port}/{ACCOUNT};")
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+            f"TableEndpoint=http://127.0.0.1:{self.port}/{ACCOUNT};"
+        )
 
     @property
     def running(self) -> bool:
@@ -86,17 +89,27 @@ class Azurite:
             # closed it: the folder stays locked while Azurite saves on its way out, even if we are already gone.
             with log.open("w") as output:
                 self.process = subprocess.Popen(
-                    [str(EXECUTABLE), "--tableHost", "127.0.0.1", "--tablePort", str(self.port),
-                     "--location", str(self.folder),
-                     "--silent",  # no access log line per request
-                     "--disableTelemetry",  # Azurite 3.x reports usage to Microsoft unless told not to
-                     # The SDK's API version may be newer than this Azurite knows (it is pinned for Node 20).
-                     "--skipApiVersionCheck"],
-                    stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                    pass_fds=(lock,), preexec_fn=_die_with_parent,
+                    [
+                        str(EXECUTABLE),
+                        "--tableHost",
+                        "127.0.0.1",
+                        "--tablePort",
+                        str(self.port),
+                        "--location",
+                        str(self.folder),
+                        "--silent",  # no access log line per request
+                        "--disableTelemetry",  # Azurite 3.x reports usage to Microsoft unless told not to
+                        # The SDK's API version may be newer than this Azurite knows (it is pinned for Node 20).
+                        "--skipApiVersionCheck",
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(lock,),
+                    preexec_fn=_die_with_parent,
                     # Ctrl-C reaches only us, and stop() sends one SIGINT: a second one cuts Azurite's save short.
                     start_new_session=True,
-                )  # fmt: skip
+                )
         finally:
             os.close(lock)
         deadline = time.monotonic() + self.start_timeout

@@ -5,6 +5,7 @@ It checks what the real `/openai/v1` endpoints check (auth header, JSON shape, `
 voices, beta-era fields, content types, SDP) so the function app's requests are proven correct, not just sent.
 Offers are answered by a pluggable answerer: a canned SDP for HTTP tests, a real WebRTC peer for the emulator.
 """
+
 from __future__ import annotations
 
 import json
@@ -96,7 +97,9 @@ class FakeAzureOpenAI:
         self._faults: dict[str, list[Fault]] = {"client_secrets": [], "calls": [], "hangup": []}
         self._lock = threading.Lock()
         self.server = LoopbackServer((host, port), _handler_for(self))
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), name="fake-azure-openai", daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, args=(0.05,), name="fake-azure-openai", daemon=True
+        )
         self.thread.start()
 
     @property
@@ -134,7 +137,12 @@ class FakeAzureOpenAI:
     # -- what the service checks ---------------------------------------------------------------
 
     def handle(
-        self, endpoint: str, headers: dict[str, str], query: dict[str, list[str]], body: bytes, call_id: str | None = None
+        self,
+        endpoint: str,
+        headers: dict[str, str],
+        query: dict[str, list[str]],
+        body: bytes,
+        call_id: str | None = None,
     ) -> tuple[int, dict, bytes]:
         if "api-version" in query:
             raise ServiceError(400, "unsupported_api_version", "api-version is not supported on the v1 API.")
@@ -166,7 +174,11 @@ class FakeAzureOpenAI:
         expires_at = int(time.time()) + ttl
         with self._lock:
             self.secrets[value] = {"session": session, "expires_at": expires_at}
-        answer = {"value": value, "expires_at": expires_at, "session": {**session, "id": "sess_" + secrets.token_hex(8)}}
+        answer = {
+            "value": value,
+            "expires_at": expires_at,
+            "session": {**session, "id": "sess_" + secrets.token_hex(8)},
+        }
         return 200, {"Content-Type": "application/json"}, json.dumps(answer).encode()
 
     def _authenticate(self, headers: dict[str, str]) -> None:
@@ -184,7 +196,9 @@ class FakeAzureOpenAI:
         if expires_after is None:
             return 600
         if not isinstance(expires_after, dict) or expires_after.get("anchor") != "created_at":
-            raise ServiceError(400, "invalid_value", "expires_after.anchor must be 'created_at'.", "expires_after.anchor")
+            raise ServiceError(
+                400, "invalid_value", "expires_after.anchor must be 'created_at'.", "expires_after.anchor"
+            )
         _only(expires_after, {"anchor", "seconds"}, "expires_after.")
         seconds = expires_after.get("seconds", 600)
         if not isinstance(seconds, int) or not 10 <= seconds <= 7200:
@@ -235,7 +249,9 @@ def check_session_fields(session: dict) -> None:
     `session.update` on the data channel); raises ServiceError for the first problem, as the service answers one."""
     _only(session, SESSION_KEYS, "session.")
     if "type" not in session:
-        raise ServiceError(400, "missing_required_parameter", "Missing required parameter: 'session.type'.", "session.type")
+        raise ServiceError(
+            400, "missing_required_parameter", "Missing required parameter: 'session.type'.", "session.type"
+        )
     if session["type"] != "realtime":
         raise ServiceError(400, "invalid_value", "session.type must be 'realtime'.", "session.type")
     if "instructions" in session and not isinstance(session["instructions"], str):
@@ -251,7 +267,9 @@ def check_session_fields(session: dict) -> None:
         raise ServiceError(400, "invalid_value", f"Invalid value: '{voice}'.", "session.audio.output.voice")
     turn = audio.get("input", {}).get("turn_detection")
     if turn is not None and (not isinstance(turn, dict) or turn.get("type") not in ("server_vad", "semantic_vad")):
-        raise ServiceError(400, "invalid_value", "Unknown turn_detection type.", "session.audio.input.turn_detection.type")
+        raise ServiceError(
+            400, "invalid_value", "Unknown turn_detection type.", "session.audio.input.turn_detection.type"
+        )
 
 
 def _only(obj: object, allowed: set[str], where: str) -> None:
@@ -294,8 +312,9 @@ def _handler_for(fake: FakeAzureOpenAI) -> type[BaseHTTPRequestHandler]:
             call_id = endpoint.removeprefix("calls/").removesuffix("/hangup") if endpoint.endswith("/hangup") else None
             endpoint = "hangup" if call_id else endpoint
             if endpoint not in ("client_secrets", "calls", "hangup"):
-                self._send(404, {"Content-Type": "application/json"},
-                           ServiceError(404, "404", "Resource not found").body())
+                self._send(
+                    404, {"Content-Type": "application/json"}, ServiceError(404, "404", "Resource not found").body()
+                )
                 return
             headers = {k.lower(): v for k, v in self.headers.items()}
             query = parse_qs(parts.query)
@@ -323,7 +342,11 @@ def _handler_for(fake: FakeAzureOpenAI) -> type[BaseHTTPRequestHandler]:
             message = f"Injected fault {fault.status}."
             if fault.echo_credentials:
                 message += f" Rejected api-key={headers.get('api-key')} authorization={headers.get('authorization')}."
-            body = fault.body if fault.body is not None else ServiceError(fault.status, f"fault_{fault.status}", message).body().decode()
+            body = (
+                fault.body
+                if fault.body is not None
+                else ServiceError(fault.status, f"fault_{fault.status}", message).body().decode()
+            )
             ctype = "application/json" if fault.body is None else "text/html"
             self._send(fault.status, {"Content-Type": ctype, **fault.headers}, body.encode(), fault)
             return True

@@ -5,6 +5,7 @@ as `func start` (routePrefix from host.json, route templates, methods), and is w
 Like the Python worker, it runs `async def` handlers on one long-lived event loop and sync handlers on
 the serving threads, and turns responses into HTTP with azure-functions' own converter.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -86,8 +87,15 @@ def _timers(functions: list[Any]) -> list[_Timer]:
         if trigger["type"] == "timerTrigger":
             period, offset = every(trigger["schedule"])
             override = float(os.environ.get("LOCAL_TIMER_INTERVAL_SECONDS") or 0)
-            timers.append(_Timer(function.get_function_name(), function.get_user_function(), trigger["name"],
-                                 override or period, 0.0 if override else offset))
+            timers.append(
+                _Timer(
+                    function.get_function_name(),
+                    function.get_user_function(),
+                    trigger["name"],
+                    override or period,
+                    0.0 if override else offset,
+                )
+            )
     return timers
 
 
@@ -112,7 +120,9 @@ def _rules(path: str, endpoint: str, methods: frozenset[str] | None) -> list[Rul
     rules = [Rule(path, endpoint=endpoint, methods=methods)]
     catch_all = re.fullmatch(r"(.*)<path:(\w+)>", path)
     if catch_all:
-        rules.append(Rule(catch_all.group(1) or "/", endpoint=endpoint, methods=methods, defaults={catch_all.group(2): ""}))
+        rules.append(
+            Rule(catch_all.group(1) or "/", endpoint=endpoint, methods=methods, defaults={catch_all.group(2): ""})
+        )
     if methods is not None:
         for rule in rules:
             rule.methods = set(methods)  # Werkzeug adds HEAD to every GET rule; the Functions host does not
@@ -137,7 +147,9 @@ class FunctionsHost:
         self.allowed: dict[str, set[str]] = {}  # per route path, every method some function takes there
         for function in self.functions.values():
             self.allowed.setdefault(function.path, set()).update(function.methods)
-        self.routes = Map([r for f in self.functions.values() for r in _rules(f.path, f.name, f.methods)], strict_slashes=False)
+        self.routes = Map(
+            [r for f in self.functions.values() for r in _rules(f.path, f.name, f.methods)], strict_slashes=False
+        )
         # Which route path a URL belongs to whatever the method, for the Allow header of a 405.
         self.paths = Map([r for path in self.allowed for r in _rules(path, path, None)], strict_slashes=False)
         # The worker's single event loop, for `async def` handlers.
@@ -179,9 +191,14 @@ class FunctionsHost:
         except HTTPException:
             return Response(status=404)
         function = self.functions[name]
-        if function.auth_level == "function" and self.function_key and self.function_key not in (
-            request.args.get("code"),
-            request.headers.get("x-functions-key"),
+        if (
+            function.auth_level == "function"
+            and self.function_key
+            and self.function_key
+            not in (
+                request.args.get("code"),
+                request.headers.get("x-functions-key"),
+            )
         ):
             return Response(status=401)
         try:
@@ -210,7 +227,12 @@ class FunctionsHost:
         forwarded = request.headers.get("X-Forwarded-For")
         headers["X-Forwarded-For"] = f"{forwarded}, {request.remote_addr}" if forwarded else str(request.remote_addr)
         return func.HttpRequest(
-            method=request.method, url=request.url, headers=headers, params=dict(request.args), route_params=route_params, body=body
+            method=request.method,
+            url=request.url,
+            headers=headers,
+            params=dict(request.args),
+            route_params=route_params,
+            body=body,
         )
 
     @staticmethod
@@ -237,11 +259,17 @@ class _AccessLog(WSGIRequestHandler):
         super().log_request(code, size)
 
 
-def serve(app: func.FunctionApp, host: str = "127.0.0.1", port: int = 7071, function_key: str | None = None) -> BaseWSGIServer:
+def serve(
+    app: func.FunctionApp, host: str = "127.0.0.1", port: int = 7071, function_key: str | None = None
+) -> BaseWSGIServer:
     """Starts serving in a daemon thread and returns the server (its port, shutdown(), and `.app.close()`)."""
     top = Path(__file__).resolve().parent.parent
     server = make_server(
-        host, port, FunctionsHost(app, route_prefix(top / "host.json"), function_key), threaded=True, request_handler=_AccessLog
+        host,
+        port,
+        FunctionsHost(app, route_prefix(top / "host.json"), function_key),
+        threaded=True,
+        request_handler=_AccessLog,
     )
     threading.Thread(target=server.serve_forever, name="functions-host", daemon=True).start()
     return server

@@ -11,6 +11,7 @@ Rows, all in one partition (realtime_proxy/tables.py):
 A connect writes its rows in one transaction before anything goes upstream and completes its ledger row
 (or releases its session slots) in a second: two storage round trips per connect.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -63,7 +64,9 @@ class _Counter:
 
 
 class Admission:
-    def __init__(self, table: Table, config: SharedLimits, per_client_per_minute: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, table: Table, config: SharedLimits, per_client_per_minute: float, clock: Callable[[], float] = time.time
+    ) -> None:
         self.table = table
         self.config = config
         self.per_client = int(per_client_per_minute)
@@ -85,14 +88,20 @@ class Admission:
         except Unavailable as error:
             if self.config.fail_mode == "closed":
                 log.warning("limits storage unavailable (%s): refusing connects (LIMITS_FAIL_MODE=closed)", error)
-                raise ApiError(503, "limits_unavailable", "The app cannot reach its limits storage; try again shortly.",
-                               {"Retry-After": "5"}) from None
+                raise ApiError(
+                    503,
+                    "limits_unavailable",
+                    "The app cannot reach its limits storage; try again shortly.",
+                    {"Retry-After": "5"},
+                ) from None
             log.warning("limits storage unavailable (%s): per-instance limits (LIMITS_FAIL_MODE=open)", error)
             return await self._admit(self.fallback, client, origin, voice)
 
     async def confirm(self, ticket: Ticket, call_id: str | None) -> None:
         """The call exists: the ledger row gets its id, so the server can end it later."""
-        await self._settle(ticket, [Op("replace", f"call-{ticket.id}", self._ledger(ticket, "live", call_id), ticket.ledger_etag)])
+        await self._settle(
+            ticket, [Op("replace", f"call-{ticket.id}", self._ledger(ticket, "live", call_id), ticket.ledger_etag)]
+        )
 
     async def release(self, ticket: Ticket) -> None:
         """The connect failed: its session slots are free again at once (its rate slots stay spent)."""
@@ -142,24 +151,39 @@ class Admission:
         live = [row for row in await self.table.rows("call-") if row.props.get("status") == "live"]
         ended = 0
         for start in range(0, len(live), 20):  # a few at a time: fast for many calls, gentle on the resource
-            ended += sum(await asyncio.gather(*(self._hang_up_row(row, hangup, "operator") for row in live[start : start + 20])))
+            ended += sum(
+                await asyncio.gather(*(self._hang_up_row(row, hangup, "operator") for row in live[start : start + 20]))
+            )
         return ended
 
     # -- admission ------------------------------------------------------------------------------------------
 
     async def _admit(self, table: Table, client: str, origin: str, voice: str) -> Ticket:
         if await self._is_paused(table):
-            raise ApiError(503, "service_paused", "The operator has paused new conversations; try again later.",
-                           {"Retry-After": "60"})
+            raise ApiError(
+                503,
+                "service_paused",
+                "The operator has paused new conversations; try again later.",
+                {"Retry-After": "60"},
+            )
         now = self.clock()
         who = "c-" + hashlib.sha256(client.encode()).hexdigest()[:16]
-        ticket = Ticket(secrets.token_hex(8), secrets.token_urlsafe(24), now,
-                        now + (self.config.max_session_seconds or SERVICE_LIMIT_SECONDS), table,
-                        {"client": who, "origin": origin, "voice": voice})
+        ticket = Ticket(
+            secrets.token_hex(8),
+            secrets.token_urlsafe(24),
+            now,
+            now + (self.config.max_session_seconds or SERVICE_LIMIT_SECONDS),
+            table,
+            {"client": who, "origin": origin, "voice": voice},
+        )
         counters = self._counters(who, now)
         for _ in range(ATTEMPTS):
             for counter in counters:  # every session slot this instance knew of is taken: look again
-                if counter.key.startswith("live-") and counter.key not in self._takeover and self._next.get(counter.key, 1) > counter.limit:
+                if (
+                    counter.key.startswith("live-")
+                    and counter.key not in self._takeover
+                    and self._next.get(counter.key, 1) > counter.limit
+                ):
                     await self._learn_live(table, counter, now)
             ops = [Op("create", f"call-{ticket.id}", self._ledger(ticket, "starting", None))]
             taken = [self._take(counter, now, ops) for counter in counters]
@@ -167,18 +191,27 @@ class Admission:
                 etags = await table.transact(ops)
             except Conflict as conflict:
                 self._give_back(counters, taken, failed=conflict.index - 1)
-                if 0 < conflict.index and counters[conflict.index - 1].key.startswith("live-"):
+                if conflict.index > 0 and counters[conflict.index - 1].key.startswith("live-"):
                     await self._learn_live(table, counters[conflict.index - 1], now)
                 continue
             ticket.ledger_etag = etags[0]
-            ticket.slots = {op.key: etag for op, etag in zip(ops[1:], etags[1:]) if op.key.startswith("live-")}
+            ticket.slots = {
+                op.key: etag for op, etag in zip(ops[1:], etags[1:], strict=False) if op.key.startswith("live-")
+            }
             return ticket
-        raise ApiError(503, "limits_busy", "Too many connects are competing for the same limits; retry.", {"Retry-After": "1"})
+        raise ApiError(
+            503, "limits_busy", "Too many connects are competing for the same limits; retry.", {"Retry-After": "1"}
+        )
 
     def _counters(self, who: str, now: float) -> list[_Counter]:
         window = int(now // 60)
         retry_in = str(max(1, math.ceil(60 - now % 60)))
-        rate = lambda: ApiError(429, "rate_limited", f"Too many connects; retry in {retry_in} s.", {"Retry-After": retry_in})  # noqa: E731
+
+        def rate():
+            return ApiError(
+                429, "rate_limited", f"Too many connects; retry in {retry_in} s.", {"Retry-After": retry_in}
+            )
+
         counters = []
         if self.per_client > 0:
             counters.append(_Counter(f"rate-{window:010d}-{who}", self.per_client, lambda _: rate()))
@@ -208,7 +241,7 @@ class Admission:
 
     def _give_back(self, counters: list[_Counter], taken: list[int], failed: int) -> None:
         """After a refused transaction the slot that conflicted is someone else's; the others are free again."""
-        for index, (counter, slot) in enumerate(zip(counters, taken)):
+        for index, (counter, slot) in enumerate(zip(counters, taken, strict=False)):
             if index != failed and self._next.get(counter.key) == slot + 1:
                 self._next[counter.key] = slot
 
@@ -238,8 +271,14 @@ class Admission:
     # -- ending ---------------------------------------------------------------------------------------------
 
     def _ledger(self, ticket: Ticket, status: str, call_id: str | None) -> dict[str, object]:
-        props = {"status": status, "start": ticket.start, "end": ticket.end, "capability": _digest(ticket.secret),
-                 "slots": json.dumps(ticket.slots), **ticket.who}
+        props = {
+            "status": status,
+            "start": ticket.start,
+            "end": ticket.end,
+            "capability": _digest(ticket.secret),
+            "slots": json.dumps(ticket.slots),
+            **ticket.who,
+        }
         if call_id is not None:
             props["call"] = call_id
         return props
@@ -264,7 +303,9 @@ class Admission:
     async def _end(self, table: Table, row: Row, reason: str) -> bool:
         """Marks the call ended and frees its session slots; False when another instance got there first."""
         slots = json.loads(str(row.props.get("slots") or "{}"))
-        ended = Op("replace", row.key, {**row.props, "status": "ended", "reason": reason, "ended": self.clock()}, row.etag)
+        ended = Op(
+            "replace", row.key, {**row.props, "status": "ended", "reason": reason, "ended": self.clock()}, row.etag
+        )
         try:
             await table.transact([ended, *self._free(slots)])
         except Conflict:
@@ -292,9 +333,10 @@ class Admission:
 
 def _too_many_sessions(wait: float) -> ApiError:
     retry = str(min(3600, max(1, math.ceil(wait))))
-    return ApiError(429, "too_many_sessions", f"Too many live conversations; retry in {retry} s.", {"Retry-After": retry})
+    return ApiError(
+        429, "too_many_sessions", f"Too many live conversations; retry in {retry} s.", {"Retry-After": retry}
+    )
 
 
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
-

@@ -3,6 +3,7 @@
 The browser cannot be trusted to hang up, so the server does it with the resource's own credentials
 (`POST {resource}/openai/v1/realtime/calls/{id}/hangup`, realtime-api.md §4).
 """
+
 from __future__ import annotations
 
 import azure.functions as func
@@ -33,7 +34,11 @@ class CallControl:
             cors = self.origins.check(req)
             call_id, token = req.route_params.get("call_id", ""), req.headers.get(CALL_TOKEN, "")
             if not token or not CALL_ID.fullmatch(call_id):
-                raise ApiError(400, "bad_request", f"Send the {CALL_TOKEN} that came with the call's answer, for a call id from its Location.")
+                raise ApiError(
+                    400,
+                    "bad_request",
+                    f"Send the {CALL_TOKEN} that came with the call's answer, for a call id from its Location.",
+                )
             upstream = self._upstream()
             if not await self.admission.hang_up_for_caller(call_id, token, upstream.hangup):
                 raise ApiError(404, "call_not_found", "No live call with that id for this token.")
@@ -71,5 +76,7 @@ class CallControl:
 
     def _upstream(self) -> Upstream:
         if self.upstream is None:
-            raise ApiError(503, "not_configured", "The function app is not configured; see /connect for what is missing.")
+            raise ApiError(
+                503, "not_configured", "The function app is not configured; see /connect for what is missing."
+            )
         return self.upstream

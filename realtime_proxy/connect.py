@@ -1,4 +1,5 @@
 """`POST /connect`: check the caller, read the offer, mint an ephemeral secret, exchange the offer, answer SDP."""
+
 from __future__ import annotations
 
 import asyncio
@@ -6,13 +7,13 @@ import time
 
 import azure.functions as func
 
+from .admission import Admission
+from .calls import CALL_TOKEN
 from .cors import OriginPolicy
 from .errors import ApiError, error_response
 from .logs import logger
 from .offer import Offer, read_offer
 from .policy import session_config
-from .admission import Admission
-from .calls import CALL_TOKEN
 from .ratelimit import RateLimiter, client_ip
 from .settings import Settings
 from .telemetry import NoTelemetry, Record, Telemetry
@@ -23,8 +24,13 @@ log = logger(__name__)
 
 class ConnectHandler:
     def __init__(
-        self, settings: Settings, upstream: Upstream | None, origins: OriginPolicy, limiter: RateLimiter,
-        admission: Admission, telemetry: Telemetry | NoTelemetry,
+        self,
+        settings: Settings,
+        upstream: Upstream | None,
+        origins: OriginPolicy,
+        limiter: RateLimiter,
+        admission: Admission,
+        telemetry: Telemetry | NoTelemetry,
     ) -> None:
         self.settings = settings
         self.upstream = upstream
@@ -40,7 +46,9 @@ class ConnectHandler:
                 cors = self.origins.check(req)
                 if self.upstream is None:
                     raise ApiError(
-                        503, "not_configured", "The function app is not configured: " + "; ".join(self.settings.problems) + "."
+                        503,
+                        "not_configured",
+                        "The function app is not configured: " + "; ".join(self.settings.problems) + ".",
                     )
                 self.limiter.check(req)
                 offer = read_offer(req, self.settings.policy, self.settings.limits)
@@ -88,7 +96,9 @@ class ConnectHandler:
         except TimeoutError:
             log.warning("connect deadline passed during %s", stage)
             if stage == "credential":
-                raise ApiError(503, "credential_unavailable", "The managed identity endpoint did not answer in time.") from None
+                raise ApiError(
+                    503, "credential_unavailable", "The managed identity endpoint did not answer in time."
+                ) from None
             raise ApiError(504, "upstream_timeout", "Azure OpenAI did not answer in time.") from None
         done = time.perf_counter()
         log.info("connect ok: call %s in %.0f ms", call.call_id, (done - started) * 1000)

@@ -3,6 +3,7 @@
 CORS headers only instruct browsers; the 403 for a disallowed `Origin` is what keeps other sites' pages
 from spending this resource. Scripts outside a browser can send any Origin (see README).
 """
+
 from __future__ import annotations
 
 from urllib.parse import urlsplit

@@ -3,6 +3,7 @@
 One credential object lives per process so azure-identity's token cache is reused, and concurrent
 connects share one token request (single flight): N first connects on a cold identity cost one request.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -37,8 +38,7 @@ class Credentials(Protocol):
         """Starts fetching what the first connect will need, without waiting for it."""
         ...
 
-    async def aclose(self) -> None:
-        ...
+    async def aclose(self) -> None: ...
 
 
 class ApiKeyCredentials:
@@ -108,7 +108,9 @@ class EntraCredentials:
                 token = await self._get().get_token(SCOPE)
         except TimeoutError:
             log.warning("the identity endpoint did not answer within %.1f s", self._timeout)
-            raise ApiError(503, "credential_unavailable", "The managed identity endpoint did not answer in time.") from None
+            raise ApiError(
+                503, "credential_unavailable", "The managed identity endpoint did not answer in time."
+            ) from None
         except AzureError as exc:
             log.warning("no Azure credential could be had: %s", type(exc).__name__)
             raise ApiError(503, "credential_unavailable", _UNAVAILABLE) from None

@@ -1,4 +1,5 @@
 """One error type and one JSON shape for every refusal, so clients can branch on a stable `code`."""
+
 from __future__ import annotations
 
 import json

@@ -5,6 +5,7 @@ text included), so no code path can log a credential by mistake: known secrets (
 in this process) and secret-shaped text are redacted, and the request id from the route guard is appended
 so that the id a user quotes from an error leads to the log line.
 """
+
 from __future__ import annotations
 
 import contextvars

@@ -3,6 +3,7 @@
 Forms: `multipart/form-data` (the original contract), a JSON object, or a raw `application/sdp` body with
 `voice`/`instructions` in the query string (what OpenAI-style clients send).
 """
+
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from email.message import Message
 
 import azure.functions as func
+
 from .errors import ApiError
 from .multipart import form_parts
 from .settings import Limits, SessionPolicy
@@ -33,7 +35,9 @@ class Offer:
 
 def read_offer(req: func.HttpRequest, policy: SessionPolicy, limits: Limits) -> Offer:
     if sum(len(name) + len(value) + 4 for name, value in req.headers.items()) > limits.max_header_bytes:
-        raise ApiError(431, "headers_too_large", f"The request headers are larger than {limits.max_header_bytes} bytes.")
+        raise ApiError(
+            431, "headers_too_large", f"The request headers are larger than {limits.max_header_bytes} bytes."
+        )
     body = req.get_body() or b""
     if len(body) > limits.max_body_bytes:
         raise ApiError(413, "payload_too_large", f"The request body is larger than {limits.max_body_bytes} bytes.")
@@ -66,12 +70,16 @@ def _validated(fields: dict[str, str], policy: SessionPolicy, limits: Limits) ->
         raise ApiError(413, "payload_too_large", f"The SDP offer is larger than {limits.max_sdp_bytes} bytes.")
     if not SDP_OFFER.match(sdp):
         raise ApiError(
-            400, "invalid_sdp", "The 'sdp' field is not an SDP offer: printable ASCII lines, v=0 first, an m=audio section."
+            400,
+            "invalid_sdp",
+            "The 'sdp' field is not an SDP offer: printable ASCII lines, v=0 first, an m=audio section.",
         )
     voice = fields.get("voice") or policy.default_voice
     if voice not in policy.allowed_voices:
         raise ApiError(
-            400, "voice_not_allowed", f"Voice '{voice[:40]}' is not allowed; choose one of: {', '.join(policy.allowed_voices)}."
+            400,
+            "voice_not_allowed",
+            f"Voice '{voice[:40]}' is not allowed; choose one of: {', '.join(policy.allowed_voices)}.",
         )
     instructions = fields.get("instructions", "").strip()
     if len(instructions) > policy.max_instructions_chars:

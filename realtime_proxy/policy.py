@@ -5,6 +5,7 @@ server's instructions; everything else (model, transcription, turn detection, to
 *when the session is created*. A browser holding the data channel can change most of it afterwards with
 `session.update` (README: "What the server controls, and what the browser can still change").
 """
+
 from __future__ import annotations
 
 from .offer import Offer

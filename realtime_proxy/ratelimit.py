@@ -6,6 +6,7 @@ would hand one address a fresh bucket per spelling.
 State lives in this process only: with several instances each enforces its own limit (see README for
 what to put in front when scaled out).
 """
+
 from __future__ import annotations
 
 import math
@@ -38,7 +39,10 @@ class RateLimiter:
             if level < 1.0:
                 wait = max(1, math.ceil((1.0 - level) / self.rate))
                 raise ApiError(
-                    429, "rate_limited", f"Too many connects from this client; retry in {wait} s.", {"Retry-After": str(wait)}
+                    429,
+                    "rate_limited",
+                    f"Too many connects from this client; retry in {wait} s.",
+                    {"Retry-After": str(wait)},
                 )
             if len(self._buckets) >= _MAX_KEYS:
                 self._forget_full(now)

@@ -4,6 +4,7 @@ Every handler runs inside one guard: it names the request (an id in the `X-Reque
 error body and in every log line) and turns anything unexpected into `500 internal_error` carrying that id,
 never a stack trace.
 """
+
 from __future__ import annotations
 
 import os
@@ -80,8 +81,12 @@ class RealtimeProxy:
         self.pause = guarded(self.calls.pause)
         self.resume = guarded(self.calls.resume)
         self.sweep = self.calls.sweep
-        log.info("limits: %s", "shared, in the app's storage account" if self.table.shared
-                 else "per instance (no AzureWebJobsStorage): each instance enforces its own")
+        log.info(
+            "limits: %s",
+            "shared, in the app's storage account"
+            if self.table.shared
+            else "per instance (no AzureWebJobsStorage): each instance enforces its own",
+        )
 
     async def aclose(self) -> None:
         if self._connect.upstream:

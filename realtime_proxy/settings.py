@@ -3,6 +3,7 @@
 A bad setting must not stop the app from starting (the page still serves), so problems are collected
 and `/connect` reports them as `not_configured`, naming the setting but never its value.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -245,7 +246,9 @@ def _read_shared(read: _Reader) -> SharedLimits:
     Azurite), or identity-based `__accountName` / `__tableServiceUri`."""
     storage = read.text("AzureWebJobsStorage")
     account = read.token("AzureWebJobsStorage__accountName")
-    endpoint = read.token("AzureWebJobsStorage__tableServiceUri") or (f"https://{account}.table.core.windows.net" if account else None)
+    endpoint = read.token("AzureWebJobsStorage__tableServiceUri") or (
+        f"https://{account}.table.core.windows.net" if account else None
+    )
     return SharedLimits(
         storage=storage,
         storage_endpoint=None if storage else endpoint,

@@ -1,4 +1,5 @@
 """Serves the browser client from `static/` with ETags, and refuses every way out of that folder."""
+
 from __future__ import annotations
 
 import hashlib
@@ -40,7 +41,9 @@ class StaticFiles:
             body, etag = self._read(file)
         except ApiError as error:
             return error_response(error)
-        content_type = _TYPES.get(file.suffix.lower()) or mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+        content_type = (
+            _TYPES.get(file.suffix.lower()) or mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+        )
         if content_type.startswith(_TEXT):
             content_type += "; charset=utf-8"
         headers = {

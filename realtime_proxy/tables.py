@@ -5,9 +5,11 @@ create-if-absent, replace-if-unchanged (ETag), delete-if-unchanged, all-or-nothi
 Storage gives exactly that across every instance of the app; `MemoryTable` gives the same semantics inside
 one process, so the same algorithm runs when no storage is configured (per-instance limits).
 """
+
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -110,10 +112,16 @@ class StorageTable:
 
     shared = True
 
-    def __init__(self, table: str, connection: str | None = None, endpoint: str | None = None, credential: object = None) -> None:
+    def __init__(
+        self, table: str, connection: str | None = None, endpoint: str | None = None, credential: object = None
+    ) -> None:
         from azure.data.tables.aio import TableClient
 
-        options = {"retry_total": 1, "connection_timeout": STORAGE_TIMEOUT_SECONDS, "read_timeout": STORAGE_TIMEOUT_SECONDS}
+        options = {
+            "retry_total": 1,
+            "connection_timeout": STORAGE_TIMEOUT_SECONDS,
+            "read_timeout": STORAGE_TIMEOUT_SECONDS,
+        }
         if connection:
             self._client = TableClient.from_connection_string(connection, table, **options)
         else:
@@ -185,10 +193,8 @@ class StorageTable:
         if not self._created:
             from azure.core.exceptions import ResourceExistsError
 
-            try:
+            with contextlib.suppress(ResourceExistsError):
                 await self._client.create_table()
-            except ResourceExistsError:
-                pass
             self._created = True
 
 

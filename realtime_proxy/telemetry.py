@@ -9,6 +9,7 @@ What is recorded is chosen here, from fixed fields, never from free text: an out
 the call id, the voice, the deployment, the caller's `Origin` and the request id. Never a credential, an
 SDP body or instructions (tests/test_telemetry.py serialises everything exported and searches it).
 """
+
 from __future__ import annotations
 
 import time
@@ -44,7 +45,18 @@ STAGE = "realtime.stage"
 STATUS_CODE = "http.response.status_code"  # what the caller got; Application Insights shows it as resultCode
 METHOD = "http.request.method"  # without it the exporter leaves resultCode at 0
 ATTRIBUTES = frozenset(
-    {OUTCOME, UPSTREAM_STATUS, CALL_ID, VOICE, DEPLOYMENT, CLIENT_ORIGIN, REQUEST_ID_ATTRIBUTE, STAGE, STATUS_CODE, METHOD}
+    {
+        OUTCOME,
+        UPSTREAM_STATUS,
+        CALL_ID,
+        VOICE,
+        DEPLOYMENT,
+        CLIENT_ORIGIN,
+        REQUEST_ID_ATTRIBUTE,
+        STAGE,
+        STATUS_CODE,
+        METHOD,
+    }
 )
 CONNECT_DURATION = "realtime.connect.duration"  # seconds, by OUTCOME: its count per outcome is "outcomes by code"
 UPSTREAM_DURATION = "realtime.upstream.duration"  # seconds, by STAGE and OUTCOME
@@ -91,7 +103,7 @@ class _NoRecord:
 class NoTelemetry:
     """No exporter configured: hooks do nothing and the upstream is the plain one."""
 
-    _record = _NoRecord()
+    _record: Record = _NoRecord()
 
     def connect(self, req: func.HttpRequest, deployment: str) -> AbstractContextManager[Record]:
         return nullcontext(self._record)
@@ -101,24 +113,31 @@ class NoTelemetry:
 
 
 NO_TELEMETRY = NoTelemetry()
-_RECORD: ContextVar[Record] = ContextVar("connect_record", default=_NoRecord())  # set while a connect runs
+_NO_RECORD = _NoRecord()
+_RECORD: ContextVar[Record | None] = ContextVar("connect_record", default=None)  # set while a connect runs
 
 
 class Telemetry:
     """Spans and metrics for `/connect` on the given providers (the global ones when none are given)."""
 
-    def __init__(self, tracer_provider: TracerProvider | None = None, meter_provider: MeterProvider | None = None) -> None:
+    def __init__(
+        self, tracer_provider: TracerProvider | None = None, meter_provider: MeterProvider | None = None
+    ) -> None:
         from opentelemetry import metrics, trace
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
         meter = metrics.get_meter(__name__, meter_provider=meter_provider)
         self.connect_duration = meter.create_histogram(
-            CONNECT_DURATION, unit="s", description="Time to answer POST /connect, by outcome",
+            CONNECT_DURATION,
+            unit="s",
+            description="Time to answer POST /connect, by outcome",
             explicit_bucket_boundaries_advisory=_BUCKETS,
         )
         self.upstream_duration = meter.create_histogram(
-            UPSTREAM_DURATION, unit="s", description="Time spent in each upstream stage of a connect",
+            UPSTREAM_DURATION,
+            unit="s",
+            description="Time spent in each upstream stage of a connect",
             explicit_bucket_boundaries_advisory=_BUCKETS,
         )
         self._propagator = TraceContextTextMapPropagator()
@@ -132,7 +151,9 @@ class Telemetry:
         carrier = {name: value for name in ("traceparent", "tracestate") if (value := req.headers.get(name))}
         parent = self._propagator.extract(carrier)
         attributes: dict[str, Any] = {
-            METHOD: "POST", DEPLOYMENT: deployment, REQUEST_ID_ATTRIBUTE: REQUEST_ID.get(),
+            METHOD: "POST",
+            DEPLOYMENT: deployment,
+            REQUEST_ID_ATTRIBUTE: REQUEST_ID.get(),
         }
         if origin := req.headers.get("origin"):
             attributes[CLIENT_ORIGIN] = origin[:_MAX_ORIGIN]
@@ -158,14 +179,20 @@ class Telemetry:
     def upstream(self, settings: Settings, credentials: Credentials) -> Upstream:
         """Notes every Azure OpenAI answer's status on the running connect, retries included, before it becomes
         a result or an ApiError that no longer carries the status."""
-        return Upstream(settings, credentials, on_answer=lambda answer: _RECORD.get().upstream_answered(answer))
+        return Upstream(
+            settings, credentials, on_answer=lambda answer: (_RECORD.get() or _NO_RECORD).upstream_answered(answer)
+        )
 
     def stage_span(self, name: str, parent: Span) -> Span:
         from opentelemetry import trace
 
         return self._tracer.start_span(
-            name, trace.set_span_in_context(parent), trace.SpanKind.CLIENT, {STAGE: name},
-            record_exception=False, set_status_on_exception=False,
+            name,
+            trace.set_span_in_context(parent),
+            trace.SpanKind.CLIENT,
+            {STAGE: name},
+            record_exception=False,
+            set_status_on_exception=False,
         )
 
 
@@ -252,7 +279,9 @@ def telemetry_from_environ(env: Mapping[str, str]) -> Telemetry | NoTelemetry:
 
             configure_azure_monitor(connection_string=env[CONNECTION_STRING].strip(), logger_name=LOGGER_NAME)
         except ValueError as error:
-            log.warning("telemetry is off: %s is not a valid connection string (%s)", CONNECTION_STRING, type(error).__name__)
+            log.warning(
+                "telemetry is off: %s is not a valid connection string (%s)", CONNECTION_STRING, type(error).__name__
+            )
             return NO_TELEMETRY
         _configured = True
     return Telemetry()

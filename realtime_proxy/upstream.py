@@ -6,6 +6,7 @@ but the configured resource), no cookies are kept, bodies are read up to a bound
 becomes an ApiError whose message carries the upstream's reason with every secret in play scrubbed out.
 The caller bounds each call by the connect deadline.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -80,7 +81,9 @@ def _in_cidr(host: str, entries: list[str]) -> bool:
 
 
 class Upstream:
-    def __init__(self, settings: Settings, credentials: Credentials, on_answer: Callable[[Answer], object] = lambda answer: None) -> None:
+    def __init__(
+        self, settings: Settings, credentials: Credentials, on_answer: Callable[[Answer], object] = lambda answer: None
+    ) -> None:
         self.settings = settings
         self.credentials = credentials
         self.on_answer = on_answer  # every answer's status, retries included (telemetry)
@@ -132,7 +135,9 @@ class Upstream:
         if not isinstance(value, str) or not value:
             raise ApiError(502, "upstream_error", "Azure OpenAI answered the client-secret request without a secret.")
         if not PLAIN_TOKEN.fullmatch(value):
-            raise ApiError(502, "upstream_error", "Azure OpenAI answered the client-secret request with a malformed secret.")
+            raise ApiError(
+                502, "upstream_error", "Azure OpenAI answered the client-secret request with a malformed secret."
+            )
         return value
 
     async def create_call(self, offer_sdp: str, ephemeral_key: str) -> Call:
@@ -176,7 +181,10 @@ class Upstream:
     async def _post(self, name: str, **kwargs: object) -> Answer:
         try:
             async with self._http().post(
-                self.settings.endpoint(name), allow_redirects=False, proxy=self.proxy, **kwargs  # type: ignore[arg-type]
+                self.settings.endpoint(name),
+                allow_redirects=False,
+                proxy=self.proxy,
+                **kwargs,  # type: ignore[arg-type]
             ) as response:
                 answer = Answer(response.status, response.headers, await _bounded_body(response))
         except TimeoutError:
@@ -199,7 +207,9 @@ class Upstream:
             where = redact(_without_query(answer.headers.get("Location", "")), secrets)
             log.warning("%s: Azure OpenAI answered %s, a redirect to %s", stage, status, where or "nowhere")
             return ApiError(
-                502, "upstream_error", f"Azure OpenAI answered {status}, a redirect to {where or 'nowhere'}; redirects are not followed."
+                502,
+                "upstream_error",
+                f"Azure OpenAI answered {status}, a redirect to {where or 'nowhere'}; redirects are not followed.",
             )
         reason = _shorten(redact(_upstream_reason(answer), secrets))
         log.warning("%s: Azure OpenAI answered %s: %s", stage, status, reason)

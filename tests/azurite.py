@@ -1,4 +1,5 @@
 """Azurite for tests: one per module (it takes seconds to start), and tables of its own for each test."""
+
 from __future__ import annotations
 
 import secrets

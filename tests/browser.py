@@ -1,4 +1,5 @@
 """Debian's Chromium under Playwright, set up for WebRTC on loopback and nothing beyond it."""
+
 from __future__ import annotations
 
 import math
@@ -9,12 +10,24 @@ from pathlib import Path
 CHROMIUM = Path("/usr/bin/chromium")
 # Playwright passes its own --disable-features list and Chromium keeps only the last copy of the switch,
 # so Playwright's list is restated here together with the feature that hides loopback ICE candidates.
-DISABLED_FEATURES = ",".join([
-    "AvoidUnnecessaryBeforeUnloadCheckSync", "DestroyProfileOnBrowserClose", "HttpsUpgrades",
-    "HttpsFirstBalancedModeAutoEnable", "LensOverlay", "MediaRouter", "PaintHolding", "ThirdPartyStoragePartitioning",
-    "AvoidCorsURLLoaderRestartOnRedirect", "OptimizationHints", "NetworkTimeServiceQuerying", "AimEnabled",
-    "PreconnectToSearch", "WebRtcHideLocalIpsWithMdns",
-])
+DISABLED_FEATURES = ",".join(
+    [
+        "AvoidUnnecessaryBeforeUnloadCheckSync",
+        "DestroyProfileOnBrowserClose",
+        "HttpsUpgrades",
+        "HttpsFirstBalancedModeAutoEnable",
+        "LensOverlay",
+        "MediaRouter",
+        "PaintHolding",
+        "ThirdPartyStoragePartitioning",
+        "AvoidCorsURLLoaderRestartOnRedirect",
+        "OptimizationHints",
+        "NetworkTimeServiceQuerying",
+        "AimEnabled",
+        "PreconnectToSearch",
+        "WebRtcHideLocalIpsWithMdns",
+    ]
+)
 
 
 def speech_like_wav(path: Path, seconds: float = 6.0, amplitude: float = 0.8) -> Path:
@@ -43,10 +56,18 @@ def speech_like_wav(path: Path, seconds: float = 6.0, amplitude: float = 0.8) ->
 
 def launch_args(microphone_wav: Path) -> list[str]:
     return [
-        "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
         f"--use-file-for-fake-audio-capture={microphone_wav}",
         "--autoplay-policy=no-user-gesture-required",
-        "--allow-loopback-in-peer-connection", f"--disable-features={DISABLED_FEATURES}",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-pings",
-        "--disable-domain-reliability", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        "--allow-loopback-in-peer-connection",
+        f"--disable-features={DISABLED_FEATURES}",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-pings",
+        "--disable-domain-reliability",
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
     ]

@@ -1,4 +1,5 @@
 """Real local servers for every test: a fake Azure OpenAI and a managed-identity endpoint on loopback."""
+
 from __future__ import annotations
 
 import asyncio
@@ -6,6 +7,7 @@ import json
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from typing import ClassVar
 
 import azure.functions as func
 import pytest
@@ -24,9 +26,18 @@ OFFER = (
     "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendrecv\r\na=rtpmap:111 opus/48000/2\r\n"
     "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\n"
 )
-CREDENTIAL_ENV = ("AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE",
-                  "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET", "AZURE_OPENAI_API_KEY",
-                  *(name for base in ("http_proxy", "https_proxy", "all_proxy", "no_proxy") for name in (base, base.upper())))
+CREDENTIAL_ENV = (
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "IDENTITY_ENDPOINT",
+    "IDENTITY_HEADER",
+    "MSI_ENDPOINT",
+    "MSI_SECRET",
+    "AZURE_OPENAI_API_KEY",
+    *(name for base in ("http_proxy", "https_proxy", "all_proxy", "no_proxy") for name in (base, base.upper())),
+)
 
 
 @pytest.fixture(autouse=True)
@@ -63,14 +74,16 @@ WORKER_LOOP = asyncio.new_event_loop()
 threading.Thread(target=WORKER_LOOP.run_forever, name="worker-loop", daemon=True).start()
 
 
-def on_worker_loop(handler: Callable[[func.HttpRequest], Awaitable[func.HttpResponse]]) -> Callable[[func.HttpRequest], func.HttpResponse]:
+def on_worker_loop(
+    handler: Callable[[func.HttpRequest], Awaitable[func.HttpResponse]],
+) -> Callable[[func.HttpRequest], func.HttpResponse]:
     return lambda req: asyncio.run_coroutine_threadsafe(handler(req), WORKER_LOOP).result()
 
 
 class Driven:
     """A RealtimeProxy whose async handlers tests call like functions; each runs on the worker loop."""
 
-    made: list[RealtimeProxy] = []
+    made: ClassVar[list[RealtimeProxy]] = []
 
     def __init__(self, proxy: RealtimeProxy) -> None:
         Driven.made.append(proxy)
@@ -112,13 +125,20 @@ def multipart(fields: dict[str, str]) -> tuple[bytes, str]:
 
 
 def request(
-    body: bytes = b"", content_type: str | None = None, method: str = "POST", url: str = "http://localhost:7071/connect",
-    headers: dict[str, str] | None = None, params: dict[str, str] | None = None, route_params: dict[str, str] | None = None,
+    body: bytes = b"",
+    content_type: str | None = None,
+    method: str = "POST",
+    url: str = "http://localhost:7071/connect",
+    headers: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+    route_params: dict[str, str] | None = None,
 ) -> func.HttpRequest:
     all_headers = {"host": "localhost:7071", **(headers or {})}
     if content_type:
         all_headers["content-type"] = content_type
-    return func.HttpRequest(method, url, headers=all_headers, params=params or {}, route_params=route_params or {}, body=body)
+    return func.HttpRequest(
+        method, url, headers=all_headers, params=params or {}, route_params=route_params or {}, body=body
+    )
 
 
 def offer_request(fields: dict[str, str] | None = None, **kwargs) -> func.HttpRequest:
@@ -143,10 +163,19 @@ class LocalHost:
         import sys
         from pathlib import Path
 
-        full_env = {k: v for k, v in os.environ.items() if k not in CREDENTIAL_ENV and not k.startswith(("AZURE_", "REALTIME_"))}
+        full_env = {
+            k: v for k, v in os.environ.items() if k not in CREDENTIAL_ENV and not k.startswith(("AZURE_", "REALTIME_"))
+        }
         full_env.update(env)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "localdev", "--port", "0", *([] if "AzureWebJobsStorage" in env else ["--no-storage"])],
+            [
+                sys.executable,
+                "-m",
+                "localdev",
+                "--port",
+                "0",
+                *([] if "AzureWebJobsStorage" in env else ["--no-storage"]),
+            ],
             cwd=Path(__file__).resolve().parent.parent,
             env=full_env,
             stdout=subprocess.PIPE,

@@ -1,4 +1,5 @@
 """Checks a response against static/openapi.json, so the published contract and the code cannot drift apart."""
+
 from __future__ import annotations
 
 import json

@@ -3,6 +3,7 @@
 A small synchronous client for pytest: navigate, evaluate script, trusted clicks and key presses. It runs its
 websocket on a loop thread of its own, as the emulator's PeerHost does, so tests stay plain functions.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -42,9 +43,20 @@ class Firefox:
             port = probe.getsockname()[1]
         env = {**os.environ, "MOZ_DISABLE_NONLOCAL_CONNECTIONS": "1", "MOZ_CRASHREPORTER_DISABLE": "1"}
         self._process = subprocess.Popen(
-            [FIREFOX, "--headless", "--no-remote", "--profile", self._profile, "--remote-debugging-port", str(port),
-             "about:blank"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            [
+                FIREFOX,
+                "--headless",
+                "--no-remote",
+                "--profile",
+                self._profile,
+                "--remote-debugging-port",
+                str(port),
+                "about:blank",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self._wait_for_bidi(port, launch_timeout)
         self._ids = itertools.count(1)
@@ -107,10 +119,15 @@ class Firefox:
 
     def evaluate(self, expression: str) -> Any:
         """The value of a JavaScript expression (awaited if a promise), through JSON."""
-        result = self.send("script.evaluate", {
-            "expression": f"(async () => JSON.stringify(await ({expression})))()",
-            "target": {"context": self.context}, "awaitPromise": True, "resultOwnership": "none",
-        })
+        result = self.send(
+            "script.evaluate",
+            {
+                "expression": f"(async () => JSON.stringify(await ({expression})))()",
+                "target": {"context": self.context},
+                "awaitPromise": True,
+                "resultOwnership": "none",
+            },
+        )
         if result["type"] == "exception":
             raise BidiError(result["exceptionDetails"].get("text", "script error"))
         value = result["result"].get("value")
@@ -129,35 +146,62 @@ class Firefox:
 
     def click(self, selector: str) -> None:
         """A trusted click in the middle of the element, as a user's."""
-        nodes = self.send("browsingContext.locateNodes",
-                          {"context": self.context, "locator": {"type": "css", "value": selector}})["nodes"]
+        nodes = self.send(
+            "browsingContext.locateNodes", {"context": self.context, "locator": {"type": "css", "value": selector}}
+        )["nodes"]
         if not nodes:
             raise BidiError(f"no element matches {selector!r}")
         element = {"type": "element", "element": {"sharedId": nodes[0]["sharedId"]}}
-        self.send("input.performActions", {"context": self.context, "actions": [{
-            "type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"},
-            "actions": [{"type": "pointerMove", "x": 0, "y": 0, "origin": element},
-                        {"type": "pointerDown", "button": 0}, {"type": "pointerUp", "button": 0}],
-        }]})
+        self.send(
+            "input.performActions",
+            {
+                "context": self.context,
+                "actions": [
+                    {
+                        "type": "pointer",
+                        "id": "mouse",
+                        "parameters": {"pointerType": "mouse"},
+                        "actions": [
+                            {"type": "pointerMove", "x": 0, "y": 0, "origin": element},
+                            {"type": "pointerDown", "button": 0},
+                            {"type": "pointerUp", "button": 0},
+                        ],
+                    }
+                ],
+            },
+        )
 
     def type(self, selector: str, text: str) -> None:
         """Click into a field and type, key by key."""
         self.click(selector)
         keys = [{"type": kind, "value": char} for char in text for kind in ("keyDown", "keyUp")]
-        self.send("input.performActions", {"context": self.context, "actions": [{"type": "key", "id": "keyboard", "actions": keys}]})
+        self.send(
+            "input.performActions",
+            {"context": self.context, "actions": [{"type": "key", "id": "keyboard", "actions": keys}]},
+        )
 
     def press(self, key: str) -> None:
         value = KEYS.get(key, key)
-        self.send("input.performActions", {"context": self.context, "actions": [{
-            "type": "key", "id": "keyboard", "actions": [{"type": "keyDown", "value": value}, {"type": "keyUp", "value": value}],
-        }]})
+        self.send(
+            "input.performActions",
+            {
+                "context": self.context,
+                "actions": [
+                    {
+                        "type": "key",
+                        "id": "keyboard",
+                        "actions": [{"type": "keyDown", "value": value}, {"type": "keyUp", "value": value}],
+                    }
+                ],
+            },
+        )
 
     def close(self) -> None:
         """Close the browser (politely, then for sure) and remove its profile."""
         try:
             if hasattr(self, "_socket"):
                 self._run(self._command("browser.close", {}), timeout=10)
-        except Exception:  # noqa: BLE001 - closing anyway
+        except Exception:
             pass
         if hasattr(self, "_socket"):
             self._run(self._shutdown(), timeout=10)

@@ -1,4 +1,5 @@
 """The managed-identity endpoint Azure Functions exposes (IDENTITY_ENDPOINT + IDENTITY_HEADER), on loopback."""
+
 from __future__ import annotations
 
 import json
@@ -46,13 +47,16 @@ class IdentityEndpoint:
                     return self._send(endpoint.fail_with, {"error": "unavailable", "error_description": "identity off"})
                 token = "mi." + secrets.token_urlsafe(24)
                 endpoint.on_token(token)
-                self._send(200, {
-                    "access_token": token,
-                    "expires_on": str(int(time.time()) + 3600),
-                    "resource": query.get("resource", ""),
-                    "token_type": "Bearer",
-                    "client_id": query.get("client_id", "system-assigned"),
-                })
+                self._send(
+                    200,
+                    {
+                        "access_token": token,
+                        "expires_on": str(int(time.time()) + 3600),
+                        "resource": query.get("resource", ""),
+                        "token_type": "Bearer",
+                        "client_id": query.get("client_id", "system-assigned"),
+                    },
+                )
 
             def _send(self, status: int, payload: dict) -> None:
                 body = json.dumps(payload).encode()

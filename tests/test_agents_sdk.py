@@ -5,6 +5,7 @@ The SDK page is bundled here from the npm package (`tests/agents_sdk`, installed
 served from a second origin listed in ALLOWED_ORIGINS. The emulator answers as Azure would, so what the SDK
 reports as an error is what a user of it would see.
 """
+
 from __future__ import annotations
 
 import functools
@@ -18,8 +19,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from localdev.fake_openai import FakeAzureOpenAI
 from localdev.emulator import PeerHost
+from localdev.fake_openai import FakeAzureOpenAI
 from tests.conftest import API_KEY, OFFER, LocalHost
 from tests.test_browser_e2e import browser, emulator, eventually, peers  # noqa: F401  (shared fixtures)
 
@@ -73,14 +74,23 @@ def test_an_allowed_origin_may_send_what_the_client_sends(client: str, cors_app,
     host, origin = cors_app
     sent = {**CLIENTS[client], "Content-Type": "application/sdp"}
     requested = ",".join(sorted(name.lower() for name in sent))  # as Chromium lists them
-    preflight = requests.options(f"{host.url}/connect?voice=cedar", timeout=10, headers={
-        "Origin": origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": requested})
+    preflight = requests.options(
+        f"{host.url}/connect?voice=cedar",
+        timeout=10,
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": requested,
+        },
+    )
     assert preflight.status_code == 204
     assert preflight.headers["Access-Control-Allow-Origin"] == origin
     allowed = {name.strip().lower() for name in preflight.headers["Access-Control-Allow-Headers"].split(",")}
     assert set(requested.split(",")) <= allowed, f"the browser would block the POST: {requested} vs {allowed}"
 
-    answer = requests.post(f"{host.url}/connect?voice=cedar", data=OFFER, timeout=20, headers={**sent, "Origin": origin})
+    answer = requests.post(
+        f"{host.url}/connect?voice=cedar", data=OFFER, timeout=20, headers={**sent, "Origin": origin}
+    )
     assert answer.status_code == 201, answer.text
     assert answer.headers["Content-Type"].startswith("application/sdp")
     assert answer.headers["Access-Control-Allow-Origin"] == origin
@@ -105,8 +115,12 @@ def sdk_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.skip("tests/agents_sdk/node_modules is missing: `./dev test` installs it with npm ci")
     site = tmp_path_factory.mktemp("agents-sdk-site")
     shutil.copy(SDK_DIR / "index.html", site)
-    subprocess.run([str(ESBUILD), "page.js", "--bundle", "--format=esm", f"--outfile={site / 'page.js'}",
-                    "--log-level=warning"], cwd=SDK_DIR, check=True, timeout=300)  # fmt: skip
+    subprocess.run(
+        [str(ESBUILD), "page.js", "--bundle", "--format=esm", f"--outfile={site / 'page.js'}", "--log-level=warning"],
+        cwd=SDK_DIR,
+        check=True,
+        timeout=300,
+    )
     server, url = serve(site)
     yield url
     server.shutdown()
@@ -115,14 +129,25 @@ def sdk_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def sdk_app(emulator: FakeAzureOpenAI, sdk_origin: str) -> Iterator[LocalHost]:  # noqa: F811
-    host = LocalHost({"AZURE_OPENAI_BASE_URL": emulator.url, "AZURE_OPENAI_API_KEY": API_KEY,
-                      "REALTIME_EMULATOR": "true", "ALLOWED_ORIGINS": sdk_origin, "RATE_LIMIT_PER_MINUTE": "0"})  # fmt: skip
+    host = LocalHost(
+        {
+            "AZURE_OPENAI_BASE_URL": emulator.url,
+            "AZURE_OPENAI_API_KEY": API_KEY,
+            "REALTIME_EMULATOR": "true",
+            "ALLOWED_ORIGINS": sdk_origin,
+            "RATE_LIMIT_PER_MINUTE": "0",
+        }
+    )
     yield host
     host.close()
 
 
 def test_an_agents_sdk_page_on_another_origin_talks_listens_interrupts_and_closes(
-    browser, sdk_origin: str, sdk_app: LocalHost, emulator: FakeAzureOpenAI, peers: PeerHost  # noqa: F811
+    browser,  # noqa: F811
+    sdk_origin: str,
+    sdk_app: LocalHost,
+    emulator: FakeAzureOpenAI,  # noqa: F811
+    peers: PeerHost,  # noqa: F811
 ) -> None:
     emulator.reset()
     context = browser.new_context()
@@ -131,8 +156,10 @@ def test_an_agents_sdk_page_on_another_origin_talks_listens_interrupts_and_close
         page.goto(f"{sdk_origin}/index.html")
         page.wait_for_function("window.sdk !== undefined", timeout=STEP_MS)
         known = len(peers.peers)
-        page.evaluate("([url, key]) => window.sdk.connect(url, key, 'gpt-realtime')",
-                      [f"{sdk_app.url}/connect?voice=cedar", PAGE_KEY])  # resolves on session.updated  # fmt: skip
+        page.evaluate(
+            "([url, key]) => window.sdk.connect(url, key, 'gpt-realtime')",
+            [f"{sdk_app.url}/connect?voice=cedar", PAGE_KEY],
+        )  # resolves on session.updated
         assert page.evaluate("window.sdk.status()") == "connected"
         peer = eventually(lambda: len(peers.peers) > known and peers.peers[-1], what="the emulator's call")
         never_forwarded(PAGE_KEY, emulator, sdk_app)
@@ -140,34 +167,48 @@ def test_an_agents_sdk_page_on_another_origin_talks_listens_interrupts_and_close
         assert updated[0]["audio"]["output"]["voice"] == "cedar", "the voice chosen in the SDP URL holds"
         assert updated[0]["audio"]["input"]["transcription"] == {"model": "whisper-1"}, "README's SDK config applies"
         assert updated[0]["instructions"] == "You are the Agents SDK test agent.", (
-            "the SDK's session.update replaces the server's instructions (README: what the browser can still change)")
+            "the SDK's session.update replaces the server's instructions (README: what the browser can still change)"
+        )
 
         page.evaluate("window.sdk.send('Hello from the Agents SDK')")
-        page.wait_for_function("""window.sdk.history().some((item) => item.role === 'assistant'
+        page.wait_for_function(
+            """window.sdk.history().some((item) => item.role === 'assistant'
             && item.status === 'completed' && item.text.includes('You said: Hello from the Agents SDK'))""",
-                               timeout=STEP_MS)  # fmt: skip
+            timeout=STEP_MS,
+        )
         page.wait_for_function("window.sdk.sdkEvents.includes('audio_stopped')", timeout=STEP_MS)
 
         page.evaluate("window.sdk.speak(true)")
-        page.wait_for_function("window.sdk.serverEvents.some((e) => e.type === 'input_audio_buffer.speech_started')",
-                               timeout=STEP_MS)  # fmt: skip
+        page.wait_for_function(
+            "window.sdk.serverEvents.some((e) => e.type === 'input_audio_buffer.speech_started')", timeout=STEP_MS
+        )
         frames = peer.mic_frames
         eventually(lambda: peer.mic_frames > frames + 50, what="a second of speech at the emulator")
         page.evaluate("window.sdk.speak(false)")
-        page.wait_for_function("""window.sdk.history().some((item) => item.role === 'user'
-            && /emulator heard \\d+\\.\\d s of speech/.test(item.text))""", timeout=STEP_MS)  # fmt: skip
-        page.wait_for_function("window.sdk.serverEvents.some((e) => e.type === 'conversation.item.retrieved')",
-                               timeout=STEP_MS)  # the SDK asks for each transcribed turn; the service answers  # fmt: skip
+        page.wait_for_function(
+            """window.sdk.history().some((item) => item.role === 'user'
+            && /emulator heard \\d+\\.\\d s of speech/.test(item.text))""",
+            timeout=STEP_MS,
+        )
+        page.wait_for_function(
+            "window.sdk.serverEvents.some((e) => e.type === 'conversation.item.retrieved')", timeout=STEP_MS
+        )  # the SDK asks for each transcribed turn; the service answers
 
         # Interrupt a reply long enough (~15 s) that the interrupt lands mid-reply however slow the machine is.
-        page.wait_for_function("window.sdk.serverEvents.filter((e) => e.type === 'response.done').length >= 2",
-                               timeout=STEP_MS)  # the spoken turn was answered  # fmt: skip
+        page.wait_for_function(
+            "window.sdk.serverEvents.filter((e) => e.type === 'response.done').length >= 2", timeout=STEP_MS
+        )  # the spoken turn was answered
         page.evaluate("(text) => window.sdk.send(text)", LONG_MESSAGE)
-        page.wait_for_function("window.sdk.serverEvents.filter((e) => e.type === 'output_audio_buffer.started').length >= 3",
-                               timeout=STEP_MS)  # fmt: skip
+        page.wait_for_function(
+            "window.sdk.serverEvents.filter((e) => e.type === 'output_audio_buffer.started').length >= 3",
+            timeout=STEP_MS,
+        )
         page.evaluate("window.sdk.interrupt()")
-        page.wait_for_function("window.sdk.history().filter((item) => item.role === 'assistant').length === 3"
-                               " && window.sdk.history().at(-1).status === 'incomplete'", timeout=STEP_MS)  # fmt: skip
+        page.wait_for_function(
+            "window.sdk.history().filter((item) => item.role === 'assistant').length === 3"
+            " && window.sdk.history().at(-1).status === 'incomplete'",
+            timeout=STEP_MS,
+        )
         sent = [e["type"] for e in peer.events_received]
         assert "response.cancel" in sent and "output_audio_buffer.clear" in sent
         assert "not Azure" not in page.evaluate("window.sdk.history().at(-1).text"), "the reply stopped part-way"

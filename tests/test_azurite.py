@@ -1,5 +1,6 @@
 """Azurite as the app will use it: azure-data-tables' async client over real loopback sockets, what a storage
 outage looks like to that client, and `./dev run`'s choice of storage."""
+
 from __future__ import annotations
 
 import asyncio
@@ -46,7 +47,7 @@ async def timed(operation: Awaitable[object]) -> tuple[BaseException | None, flo
     began = time.monotonic()
     try:
         await operation
-    except Exception as error:  # noqa: BLE001 - the test inspects it
+    except Exception as error:
         return error, time.monotonic() - began
     return None, time.monotonic() - began
 
@@ -55,20 +56,36 @@ def test_tables_entities_etags_and_transactions(azurite: Storage) -> None:
     async def scenario(service: TableServiceClient) -> None:
         table = await service.create_table(azurite.table("counters"))
         created = await table.create_entity({"PartitionKey": "app", "RowKey": "minute-1", "count": 1})
-        await table.update_entity({"PartitionKey": "app", "RowKey": "minute-1", "count": 2}, mode=UpdateMode.REPLACE,
-                                  etag=created["etag"], match_condition=MatchConditions.IfNotModified)  # fmt: skip
+        await table.update_entity(
+            {"PartitionKey": "app", "RowKey": "minute-1", "count": 2},
+            mode=UpdateMode.REPLACE,
+            etag=created["etag"],
+            match_condition=MatchConditions.IfNotModified,
+        )
         with pytest.raises(ResourceModifiedError) as stale:  # someone else's update came first
-            await table.update_entity({"PartitionKey": "app", "RowKey": "minute-1", "count": 2}, mode=UpdateMode.REPLACE,
-                                      etag=created["etag"], match_condition=MatchConditions.IfNotModified)  # fmt: skip
+            await table.update_entity(
+                {"PartitionKey": "app", "RowKey": "minute-1", "count": 2},
+                mode=UpdateMode.REPLACE,
+                etag=created["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
         assert stale.value.status_code == 412
         assert (await table.get_entity("app", "minute-1"))["count"] == 2
 
-        await table.submit_transaction([("create", {"PartitionKey": "calls", "RowKey": "call-a", "live": True}),
-                                        ("upsert", {"PartitionKey": "calls", "RowKey": "client-1", "live": 1})])  # fmt: skip
+        await table.submit_transaction(
+            [
+                ("create", {"PartitionKey": "calls", "RowKey": "call-a", "live": True}),
+                ("upsert", {"PartitionKey": "calls", "RowKey": "client-1", "live": 1}),
+            ]
+        )
         assert [e["RowKey"] async for e in table.query_entities("PartitionKey eq 'calls'")] == ["call-a", "client-1"]
         with pytest.raises(TableTransactionError):  # all or nothing: call-a exists, so call-b is not written either
-            await table.submit_transaction([("create", {"PartitionKey": "calls", "RowKey": "call-b"}),
-                                            ("create", {"PartitionKey": "calls", "RowKey": "call-a"})])  # fmt: skip
+            await table.submit_transaction(
+                [
+                    ("create", {"PartitionKey": "calls", "RowKey": "call-b"}),
+                    ("create", {"PartitionKey": "calls", "RowKey": "call-a"}),
+                ]
+            )
         assert [e["RowKey"] async for e in table.query_entities("PartitionKey eq 'calls'")] == ["call-a", "client-1"]
 
     run(scenario, azurite)
@@ -142,8 +159,13 @@ sys.stdin.read()
 
 def test_azurite_saves_its_data_and_exits_when_the_process_that_started_it_is_killed(tmp_path: Path) -> None:
     require_azurite()
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "data")], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(tmp_path / "data")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     port, connection_string = int(child.stdout.readline()), child.stdout.readline().strip()  # type: ignore[union-attr]
 
     async def write() -> None:

@@ -6,6 +6,7 @@ service + aiortc peer) runs here so each test can inspect the call's peer or inj
 Tests must hold on a loaded machine, where any step may take a second or more: they wait for what the page or the
 emulator keeps showing (a transcript line, a recorded event), never for a state that lasts only as long as a reply.
 """
+
 from __future__ import annotations
 
 import functools
@@ -18,8 +19,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from localdev.fake_openai import Fault, FakeAzureOpenAI
 from localdev.emulator import EmulatedPeer, PeerHost
+from localdev.fake_openai import FakeAzureOpenAI, Fault
 from tests.browser import CHROMIUM, launch_args, speech_like_wav
 from tests.conftest import API_KEY, LocalHost
 
@@ -77,8 +78,15 @@ def embed_origin() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def app(emulator: FakeAzureOpenAI, embed_origin: str) -> Iterator[LocalHost]:
-    host = LocalHost({"AZURE_OPENAI_BASE_URL": emulator.url, "AZURE_OPENAI_API_KEY": API_KEY, "REALTIME_EMULATOR": "true",
-                      "ALLOWED_ORIGINS": embed_origin, "RATE_LIMIT_PER_MINUTE": "0"})
+    host = LocalHost(
+        {
+            "AZURE_OPENAI_BASE_URL": emulator.url,
+            "AZURE_OPENAI_API_KEY": API_KEY,
+            "REALTIME_EMULATOR": "true",
+            "ALLOWED_ORIGINS": embed_origin,
+            "RATE_LIMIT_PER_MINUTE": "0",
+        }
+    )
     yield host
     host.close()
 
@@ -192,7 +200,9 @@ def test_interrupt_cancels_the_reply(page: Page, peers: PeerHost) -> None:
     page.wait_for_selector("#status[data-status='speaking']")
     page.click("#interrupt")
 
-    types = lambda: [e["type"] for e in peer.events_received]
+    def types():
+        return [e["type"] for e in peer.events_received]
+
     eventually(lambda: "response.cancel" in types() and "output_audio_buffer.clear" in types(), what="cancel events")
     page.wait_for_selector("#status[data-status='listening']")
     page.wait_for_selector("#assistant-speaking[data-active='false']")  # the voice fell quiet
@@ -212,8 +222,10 @@ def test_interrupt_cancels_the_reply(page: Page, peers: PeerHost) -> None:
 
 def test_end_releases_the_microphone_and_start_works_again(page, peers: PeerHost) -> None:
     peer = start(page, peers)
-    page.evaluate("window.__tracks = window.realtimeApp.session.localStream.getTracks();"
-                  "window.__pc = window.realtimeApp.session.pc")
+    page.evaluate(
+        "window.__tracks = window.realtimeApp.session.localStream.getTracks();"
+        "window.__pc = window.realtimeApp.session.pc"
+    )
     page.click("#stop")
     page.wait_for_selector("#status[data-status='disconnected']")
     assert page.evaluate("window.__tracks.length > 0 && window.__tracks.every(t => t.readyState === 'ended')")
@@ -226,8 +238,10 @@ def test_end_releases_the_microphone_and_start_works_again(page, peers: PeerHost
 
 @pytest.mark.parametrize(
     ("fault", "code", "says"),
-    [(Fault(status=429, headers={"Retry-After": "7"}), "upstream_rate_limited", "7"),
-     (Fault(status=401), "upstream_auth", "AZURE_OPENAI_API_KEY")],
+    [
+        (Fault(status=429, headers={"Retry-After": "7"}), "upstream_rate_limited", "7"),
+        (Fault(status=401), "upstream_auth", "AZURE_OPENAI_API_KEY"),
+    ],
 )
 def test_a_failed_connect_is_explained_and_leaves_nothing_open(page, peers, emulator, fault, code, says) -> None:
     known = len(peers.peers)
@@ -258,7 +272,8 @@ def test_embedding_from_an_allowed_origin(browser, app, embed_origin, peers) -> 
     toggle.click()
     page.wait_for_function(
         "document.querySelector('realtime-voice').shadowRoot.querySelector('.status').textContent === 'Listening'",
-        timeout=CONNECT_TIMEOUT_MS)
+        timeout=CONNECT_TIMEOUT_MS,
+    )
     eventually(lambda: peers.peers[-1].channel_open, what="the emulator's end of the data channel")
     context.close()
 

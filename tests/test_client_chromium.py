@@ -4,10 +4,12 @@ with context, time limits, microphones, push-to-talk, keeping the transcript, an
 Fixtures and helpers come from test_browser_e2e (one app, one emulator, one Chromium per module); every wait is for
 something the page or the emulator shows.
 """
+
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page
@@ -17,7 +19,15 @@ from localdev.fake_openai import FakeAzureOpenAI
 from tests.browser import CHROMIUM
 from tests.conftest import API_KEY, LocalHost
 from tests.test_browser_e2e import (  # noqa: F401  (fixtures)
-    ASSISTANT_LINES, CONNECT_TIMEOUT_MS, REPLY_END, USER_LINES, browser, embed_origin, eventually, peers, start,
+    ASSISTANT_LINES,
+    CONNECT_TIMEOUT_MS,
+    REPLY_END,
+    USER_LINES,
+    browser,
+    embed_origin,
+    eventually,
+    peers,
+    start,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")]
@@ -34,8 +44,15 @@ def emulator(peers: PeerHost) -> Iterator[FakeAzureOpenAI]:  # noqa: F811
 
 @pytest.fixture(scope="module")
 def app(emulator: FakeAzureOpenAI) -> Iterator[LocalHost]:
-    host = LocalHost({"AZURE_OPENAI_BASE_URL": emulator.url, "AZURE_OPENAI_API_KEY": API_KEY,
-                      "REALTIME_EMULATOR": "true", "RATE_LIMIT_PER_MINUTE": "0", "REALTIME_TURN_DETECTION_CHOOSABLE": "true"})
+    host = LocalHost(
+        {
+            "AZURE_OPENAI_BASE_URL": emulator.url,
+            "AZURE_OPENAI_API_KEY": API_KEY,
+            "REALTIME_EMULATOR": "true",
+            "RATE_LIMIT_PER_MINUTE": "0",
+            "REALTIME_TURN_DETECTION_CHOOSABLE": "true",
+        }
+    )
     yield host
     host.close()
 
@@ -48,9 +65,11 @@ def open_page(browser, app: LocalHost, config: dict | None = None, init_script: 
         context.add_init_script(init_script)
     page = context.new_page()
     if config:
+
         def merged(route) -> None:
             response = route.fetch()
             route.fulfill(response=response, json={**response.json(), **config})
+
         page.route("**/config", merged)
     page.goto(app.url + "/")
     page.wait_for_function("document.querySelectorAll('#voice option').length >= 10")
@@ -84,8 +103,10 @@ RECORD_NOTICES = """() => {
     const shown = (window.shown = { statuses: [], notices: [] });
     const status = document.getElementById("status");
     const notice = document.getElementById("call-notice-text");
-    new MutationObserver(() => shown.statuses.push(status.dataset.status)).observe(status, { attributeFilter: ["data-status"] });
-    new MutationObserver(() => shown.notices.push(notice.textContent)).observe(notice, { childList: true, characterData: true, subtree: true });
+    new MutationObserver(() => shown.statuses.push(status.dataset.status))
+        .observe(status, { attributeFilter: ["data-status"] });
+    new MutationObserver(() => shown.notices.push(notice.textContent))
+        .observe(notice, { childList: true, characterData: true, subtree: true });
 }"""
 
 
@@ -109,14 +130,21 @@ def test_a_lost_connection_reconnects_and_the_assistant_remembers(page: Page, pe
     peers.drop(first.call_id)
 
     second = next_peer(peers, first)
-    page.wait_for_function("document.getElementById('call-notice-text').textContent.startsWith('Reconnected')",
-                           timeout=RECONNECT_TIMEOUT_MS)
+    page.wait_for_function(
+        "document.getElementById('call-notice-text').textContent.startsWith('Reconnected')",
+        timeout=RECONNECT_TIMEOUT_MS,
+    )
     assert "reconnecting" in page.evaluate("window.shown.statuses")
-    assert any(n.startswith("The connection was lost. Reconnecting: attempt 1 of 6") for n in page.evaluate("window.shown.notices"))
+    assert any(
+        n.startswith("The connection was lost. Reconnecting: attempt 1 of 6")
+        for n in page.evaluate("window.shown.notices")
+    )
+
     def both_turns() -> bool:
         history = replayed(second)
         return ("user", "My name is Ada.") in history and any(
-            role == "assistant" and text.startswith("You said: My name is Ada") for role, text in history)
+            role == "assistant" and text.startswith("You said: My name is Ada") for role, text in history
+        )
 
     eventually(both_turns, what="the user's and the assistant's replayed turns to arrive")
 
@@ -183,7 +211,9 @@ def test_the_microphone_can_be_changed_during_a_call_and_is_remembered(page: Pag
     assert options[0] == ["", "Default microphone"] and any("Fake Audio Input 1" in label for _, label in options)
     chosen = next(value for value, label in options if "Fake Audio Input 1" in label)
     page.select_option("#microphone", chosen)
-    page.wait_for_function(f"window.realtimeApp.session.localStream.getAudioTracks()[0].getSettings().deviceId === {chosen!r}")
+    page.wait_for_function(
+        f"window.realtimeApp.session.localStream.getAudioTracks()[0].getSettings().deviceId === {chosen!r}"
+    )
     sent = page.evaluate("window.realtimeApp.session.pc.getSenders()[0].track.getSettings().deviceId")
     assert sent == chosen, "the call sends the new microphone"
     frames = peer.mic_frames
@@ -207,13 +237,19 @@ window.unplug = (id) => { window.unplugged.add(id); navigator.mediaDevices.dispa
 def test_an_unplugged_microphone_falls_back_to_the_default(browser, app, peers) -> None:  # noqa: F811
     page = open_page(browser, app, init_script=UNPLUGGABLE)
     peer = start(page, peers)
-    chosen = page.eval_on_selector_all("#microphone option", "os => os.find(o => o.textContent.includes('Input 2')).value")
+    chosen = page.eval_on_selector_all(
+        "#microphone option", "os => os.find(o => o.textContent.includes('Input 2')).value"
+    )
     page.select_option("#microphone", chosen)
-    page.wait_for_function(f"window.realtimeApp.session.localStream.getAudioTracks()[0].getSettings().deviceId === {chosen!r}")
+    page.wait_for_function(
+        f"window.realtimeApp.session.localStream.getAudioTracks()[0].getSettings().deviceId === {chosen!r}"
+    )
     page.evaluate(f"window.unplug({chosen!r})")
     page.wait_for_function("document.getElementById('microphone-notice').textContent.includes('disconnected')")
     assert page.input_value("#microphone") == ""
-    page.wait_for_function(f"window.realtimeApp.session.localStream.getAudioTracks()[0].getSettings().deviceId !== {chosen!r}")
+    page.wait_for_function(
+        f"window.realtimeApp.session.localStream.getAudioTracks()[0].getSettings().deviceId !== {chosen!r}"
+    )
     frames = peer.mic_frames
     eventually(lambda: peer.mic_frames > frames + 50 and peer.mic_peak > 0.1, what="the default microphone heard")
     page.context.close()
@@ -253,15 +289,16 @@ def test_the_transcript_can_be_downloaded_and_copied(page: Page, peers: PeerHost
     say(page, "Keep this line.")
     with page.expect_download() as markdown:
         page.click("#download-markdown")
-    text = open(markdown.value.path(), encoding="utf-8").read()
+    text = Path(markdown.value.path()).read_text(encoding="utf-8")
     assert markdown.value.suggested_filename.endswith(".md")
     assert "**You**" in text and "Keep this line." in text and "**Assistant**" in text
 
     with page.expect_download() as json_file:
         page.click("#download-json")
-    lines = json.load(open(json_file.value.path(), encoding="utf-8"))["lines"]
+    lines = json.loads(Path(json_file.value.path()).read_text(encoding="utf-8"))["lines"]
     assert {"role": "user", "text": "Keep this line."}.items() <= lines[0].items() or any(
-        line["role"] == "user" and line["text"] == "Keep this line." for line in lines)
+        line["role"] == "user" and line["text"] == "Keep this line." for line in lines
+    )
     assert all(line["at"].endswith("Z") for line in lines)
 
     page.click("#copy")
@@ -280,7 +317,8 @@ const source = Object.getOwnPropertyDescriptor(HTMLMediaElement.prototype, "srcO
 let clicking = false;
 addEventListener("click", () => { clicking = true; setTimeout(() => { clicking = false; }); }, true);
 HTMLMediaElement.prototype.play = function () {
-  return clicking ? play.call(this) : Promise.reject(new DOMException("play() needs a user gesture", "NotAllowedError"));
+  return clicking ? play.call(this)
+    : Promise.reject(new DOMException("play() needs a user gesture", "NotAllowedError"));
 };
 Object.defineProperty(HTMLMediaElement.prototype, "srcObject", {
   get() { return source.get.call(this); },
@@ -310,9 +348,13 @@ def test_the_web_component_reconnects_and_says_why_a_call_ended(browser, app, pe
     first = eventually(lambda: len(peers.peers) > known and peers.peers[-1], what="the call")
     eventually(lambda: first.channel_open, what="the data channel")
     peers.drop(first.call_id)
-    page.wait_for_function(f"{shadow}.querySelector('.notice').textContent === 'Reconnected.'", timeout=RECONNECT_TIMEOUT_MS)
+    page.wait_for_function(
+        f"{shadow}.querySelector('.notice').textContent === 'Reconnected.'", timeout=RECONNECT_TIMEOUT_MS
+    )
     second = next_peer(peers, first)
     peers.hangup(second.call_id)
-    page.wait_for_function(f"{shadow}.querySelector('.notice').textContent === 'The conversation was ended by the server.'")
+    page.wait_for_function(
+        f"{shadow}.querySelector('.notice').textContent === 'The conversation was ended by the server.'"
+    )
     assert page.locator("realtime-voice button.toggle").inner_text() == "Start conversation"
     page.context.close()

@@ -4,6 +4,7 @@ message, End releasing the microphone, and reconnecting after a lost connection 
 One Firefox per module (it takes seconds to start); each test opens the page afresh. Fixtures for the app and the
 emulator come from test_browser_e2e.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -49,7 +50,8 @@ def start(page: Firefox, peers: PeerHost) -> EmulatedPeer:  # noqa: F811
 def say(page: Firefox, text: str) -> None:
     page.type("#message", text)
     page.press("Enter")
-    reply = f"[...document.querySelectorAll(\"#transcript [data-role='assistant']\")].find(l => l.textContent.includes({text.rstrip('.?')!r}))"
+    lines = "[...document.querySelectorAll(\"#transcript [data-role='assistant']\")]"
+    reply = f"{lines}.find(l => l.textContent.includes({text.rstrip('.?')!r}))"
     page.wait_for(f"{reply}?.textContent.includes({REPLY_END!r})", what=f"the whole reply to {text!r}")
 
 
@@ -68,8 +70,10 @@ def test_a_conversation_with_audio_both_ways(page: Firefox, peers: PeerHost) -> 
 
 def test_end_releases_the_microphone(page: Firefox, peers: PeerHost) -> None:  # noqa: F811
     peer = start(page, peers)
-    page.evaluate("(window.held = window.realtimeApp.session.localStream.getTracks(), "
-                  "window.heldPc = window.realtimeApp.session.pc, true)")
+    page.evaluate(
+        "(window.held = window.realtimeApp.session.localStream.getTracks(), "
+        "window.heldPc = window.realtimeApp.session.pc, true)"
+    )
     page.click("#stop")
     page.wait_for(f"{STATUS} === 'disconnected'", what="the end")
     assert page.evaluate("window.held.length > 0 && window.held.every((t) => t.readyState === 'ended')")
@@ -88,5 +92,7 @@ def test_a_lost_connection_reconnects_with_the_conversation(page: Firefox, peers
     second = eventually(lambda: peers.peers[-1] is not first and peers.peers[-1], timeout=45, what="a new call")
     page.wait_for("document.getElementById('call-notice-text').textContent.startsWith('Reconnected')", timeout=45)
     assert "reconnecting" in page.evaluate("window.statuses")
-    replayed = [e["item"]["content"][0]["text"] for e in second.events_received if e["type"] == "conversation.item.create"]
+    replayed = [
+        e["item"]["content"][0]["text"] for e in second.events_received if e["type"] == "conversation.item.create"
+    ]
     assert "My name is Ada." in replayed

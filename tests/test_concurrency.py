@@ -1,5 +1,6 @@
 """Hundreds of connects at once on one worker loop: each caller gets the answer to its own offer, nothing is
 lost, and the state they share (credential, token, connection pool, rate limiter) holds."""
+
 from __future__ import annotations
 
 import asyncio
@@ -37,8 +38,13 @@ def on_loop(coroutine):
 
 def test_hundreds_of_concurrent_connects_each_get_their_own_answer(echoing, identity) -> None:
     identity.delay = 0.3  # a cold identity: every first connect waits on the same token request
-    proxy = RealtimeProxy.from_environ({"AZURE_OPENAI_BASE_URL": echoing.url, "RATE_LIMIT_PER_MINUTE": str(CALLERS // 2),
-                                        "RATE_LIMIT_BURST": str(CALLERS // 2)})
+    proxy = RealtimeProxy.from_environ(
+        {
+            "AZURE_OPENAI_BASE_URL": echoing.url,
+            "RATE_LIMIT_PER_MINUTE": str(CALLERS // 2),
+            "RATE_LIMIT_BURST": str(CALLERS // 2),
+        }
+    )
     offers = [OFFER.replace("o=- 7614219274584779017", f"o=- {1000 + n}") for n in range(CALLERS)]
 
     async def everyone() -> list:
@@ -48,10 +54,14 @@ def test_hundreds_of_concurrent_connects_each_get_their_own_answer(echoing, iden
         responses = on_loop(everyone())
     finally:
         on_loop(proxy.aclose())
-    admitted = [(offer, r) for offer, r in zip(offers, responses) if r.status_code == 201]
+    admitted = [(offer, r) for offer, r in zip(offers, responses, strict=False) if r.status_code == 201]
     refused = [r for r in responses if r.status_code == 429]
-    assert {r.status_code for r in responses} == {201, 429}, [r.get_body() for r in responses if r.status_code not in (201, 429)][:3]
-    assert len(admitted) == CALLERS // 2 and len(refused) == CALLERS - CALLERS // 2, "the bucket admits its burst, no more"
+    assert {r.status_code for r in responses} == {201, 429}, [
+        r.get_body() for r in responses if r.status_code not in (201, 429)
+    ][:3]
+    assert len(admitted) == CALLERS // 2 and len(refused) == CALLERS - CALLERS // 2, (
+        "the bucket admits its burst, no more"
+    )
     for offer, response in admitted:
         assert re.search(r"^o=.*$", offer, re.MULTILINE).group(0) in response.get_body().decode()  # type: ignore[union-attr]
     call_ids = {response.headers["Location"] for _, response in admitted}

@@ -1,4 +1,5 @@
 """`/connect` against a local fake Azure OpenAI: the happy path in every body form, every bad input, every fault."""
+
 from __future__ import annotations
 
 import json
@@ -74,9 +75,19 @@ def test_default_voice_and_server_instructions_when_caller_sends_none(fake) -> N
         (lambda: request(b"x" * (64 * 1024 + 1), "application/sdp"), 413, "payload_too_large"),
         (lambda: request(OFFER.encode(), "text/plain"), 415, "unsupported_media_type"),
         (lambda: request(OFFER.encode()), 415, "unsupported_media_type"),
-        (lambda: request(b"--abc\r\nno headers\r\n--abc--\r\n", "multipart/form-data; boundary=abc"), 400, "bad_request"),
+        (
+            lambda: request(b"--abc\r\nno headers\r\n--abc--\r\n", "multipart/form-data; boundary=abc"),
+            400,
+            "bad_request",
+        ),
         (lambda: request(OFFER.encode(), "multipart/form-data"), 400, "bad_request"),
-        (lambda: request(b"--abc\r\nContent-Disposition: form-data; name=\"sdp\"\r\n\r\nv=0", "multipart/form-data; boundary=abc"), 400, "bad_request"),
+        (
+            lambda: request(
+                b'--abc\r\nContent-Disposition: form-data; name="sdp"\r\n\r\nv=0', "multipart/form-data; boundary=abc"
+            ),
+            400,
+            "bad_request",
+        ),
         (lambda: request(b"{not json", "application/json"), 400, "bad_request"),
         (lambda: request(b"[1, 2]", "application/json"), 400, "bad_request"),
         (lambda: request(json.dumps({"sdp": OFFER, "voice": 7}).encode(), "application/json"), 400, "bad_request"),
@@ -93,16 +104,42 @@ def test_bad_input_is_refused_before_any_upstream_call(fake, make, status: int, 
 
 
 def json_fault(status: int, message: str = "Something upstream.", **headers: str) -> Fault:
-    return Fault(status=status, body=json.dumps({"error": {"message": message, "type": "x", "code": "y"}}), headers=headers)
+    return Fault(
+        status=status, body=json.dumps({"error": {"message": message, "type": "x", "code": "y"}}), headers=headers
+    )
 
 
 @pytest.mark.parametrize(
     ("stage", "fault", "status", "code", "says"),
     [
-        ("client_secrets", json_fault(401, "Access denied due to invalid subscription key."), 502, "upstream_auth", "AZURE_OPENAI_API_KEY"),
-        ("client_secrets", json_fault(403, "Public access is disabled."), 502, "upstream_auth", "Public access is disabled."),
-        ("client_secrets", json_fault(404, "The API deployment for this resource does not exist."), 502, "deployment_not_found", "AZURE_OPENAI_DEPLOYMENT"),
-        ("client_secrets", json_fault(500, "The server had an error."), 502, "upstream_error", "The server had an error."),
+        (
+            "client_secrets",
+            json_fault(401, "Access denied due to invalid subscription key."),
+            502,
+            "upstream_auth",
+            "AZURE_OPENAI_API_KEY",
+        ),
+        (
+            "client_secrets",
+            json_fault(403, "Public access is disabled."),
+            502,
+            "upstream_auth",
+            "Public access is disabled.",
+        ),
+        (
+            "client_secrets",
+            json_fault(404, "The API deployment for this resource does not exist."),
+            502,
+            "deployment_not_found",
+            "AZURE_OPENAI_DEPLOYMENT",
+        ),
+        (
+            "client_secrets",
+            json_fault(500, "The server had an error."),
+            502,
+            "upstream_error",
+            "The server had an error.",
+        ),
         ("client_secrets", Fault(status=200, body="<html>gateway</html>"), 502, "upstream_error", "without a secret"),
         ("client_secrets", Fault(status=200, body='{"value": 5}'), 502, "upstream_error", "without a secret"),
         ("calls", Fault(status=502, body="<html>Bad Gateway</html>"), 502, "upstream_error", "502"),
@@ -127,7 +164,11 @@ def test_upstream_rate_limit_passes_retry_after_through(fake) -> None:
     fake.fail_next("calls", json_fault(429, "Too many calls.", **{"retry-after-ms": "2500"}))
     proxy = make_proxy(fake)
     first, second = proxy.connect(offer_request()), proxy.connect(offer_request())
-    assert (first.status_code, error_of(first)["code"], first.headers["Retry-After"]) == (429, "upstream_rate_limited", "17")
+    assert (first.status_code, error_of(first)["code"], first.headers["Retry-After"]) == (
+        429,
+        "upstream_rate_limited",
+        "17",
+    )
     assert (second.status_code, second.headers["Retry-After"]) == (429, "3")
 
 

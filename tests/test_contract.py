@@ -1,4 +1,5 @@
 """openapi.json is served, lists every error code the code can raise, and matches real responses over HTTP."""
+
 from __future__ import annotations
 
 import ast
@@ -8,7 +9,7 @@ import requests
 
 from localdev.fake_openai import Fault
 from tests.conftest import OFFER, multipart
-from tests.contract import SPEC, resolve, check
+from tests.contract import SPEC, check, resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,8 +36,10 @@ def _parameters(function: Function) -> list[str]:
 def _bound(call: ast.Call, function: Function, parameter: str) -> ast.expr | None:
     """What a call of `function` passes for `parameter`, its default included."""
     positional = _parameters(function)
-    defaults = dict(zip(reversed([a.arg for a in function.args.args]), reversed(function.args.defaults)))
-    defaults.update((a.arg, d) for a, d in zip(function.args.kwonlyargs, function.args.kw_defaults) if d is not None)
+    defaults = dict(zip(reversed([a.arg for a in function.args.args]), reversed(function.args.defaults), strict=False))
+    defaults.update(
+        (a.arg, d) for a, d in zip(function.args.kwonlyargs, function.args.kw_defaults, strict=False) if d is not None
+    )
     position = positional.index(parameter) if parameter in positional else len(call.args)
     return _argument(call, position, parameter) or defaults.get(parameter)
 
@@ -49,7 +52,9 @@ def raised_errors(package: Path = ROOT / "realtime_proxy") -> tuple[set[tuple[in
         tree = ast.parse(source.read_text())
         owner: dict[ast.Call, Function] = {}
         for function in (node for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))):
-            owner.update((node, function) for node in ast.walk(function) if isinstance(node, ast.Call))  # innermost wins
+            owner.update(
+                (node, function) for node in ast.walk(function) if isinstance(node, ast.Call)
+            )  # innermost wins
         calls += [(f"{source.name}:{n.lineno}", n, owner.get(n)) for n in ast.walk(tree) if isinstance(n, ast.Call)]
     found: set[tuple[int, str]] = set()
     unresolved: list[str] = []
@@ -84,7 +89,13 @@ def documented_errors() -> set[tuple[int, str]]:
             for status, response in operation["responses"].items():
                 schema = resolve(response).get("content", {}).get("application/json", {}).get("schema", {})
                 for part in schema.get("allOf", []):
-                    codes = part.get("properties", {}).get("error", {}).get("properties", {}).get("code", {}).get("enum", [])
+                    codes = (
+                        part.get("properties", {})
+                        .get("error", {})
+                        .get("properties", {})
+                        .get("code", {})
+                        .get("enum", [])
+                    )
                     pairs.update((int(status), code) for code in codes)
     return pairs
 

@@ -1,4 +1,5 @@
 """Managed identity the way Azure Functions exposes it (IDENTITY_ENDPOINT/IDENTITY_HEADER), served from loopback."""
+
 from __future__ import annotations
 
 import json

@@ -2,6 +2,7 @@
 
 Each test reproduces one class of defect found by attacking `/connect`; see README, "What is defended".
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -11,11 +12,12 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.request import ProxyHandler, Request, build_opener
 
 import pytest
 
-from localdev.fake_openai import Fault, FakeAzureOpenAI
+from localdev.fake_openai import FakeAzureOpenAI, Fault
 from realtime_proxy.service import RealtimeProxy, guarded
 from tests.conftest import API_KEY, OFFER, WORKER_LOOP, LocalHost, error_of, make_proxy, offer_request, request
 
@@ -187,7 +189,9 @@ def test_every_credential_in_play_is_scrubbed(fake, identity, logs) -> None:
     token_echoed, ephemeral_echoed = proxy.connect(offer_request()), proxy.connect(offer_request())
     assert [error_of(r)["code"] for r in (token_echoed, ephemeral_echoed)] == ["upstream_auth", "upstream_auth"]
     assert "[redacted]" in error_of(token_echoed)["message"]
-    assert_no_credential(token_echoed.get_body().decode(), ephemeral_echoed.get_body().decode(), logs.text, secrets=tuple(tokens))
+    assert_no_credential(
+        token_echoed.get_body().decode(), ephemeral_echoed.get_body().decode(), logs.text, secrets=tuple(tokens)
+    )
     assert not any(secret in logs.text for secret in fake.secrets)
 
 
@@ -228,8 +232,13 @@ def multipart_body(boundary: str) -> bytes:
 
 @pytest.mark.parametrize(
     "content_type",
-    ["multipart/form-data; boundary =XyZ", 'multipart/form-data; boundary="XyZ"', "Multipart/Form-Data; BOUNDARY=XyZ",
-     "multipart/form-data;boundary=XyZ ; charset=utf-8", 'multipart/form-data; boundary = "XyZ"'],
+    [
+        "multipart/form-data; boundary =XyZ",
+        'multipart/form-data; boundary="XyZ"',
+        "Multipart/Form-Data; BOUNDARY=XyZ",
+        "multipart/form-data;boundary=XyZ ; charset=utf-8",
+        'multipart/form-data; boundary = "XyZ"',
+    ],
 )
 def test_every_legal_spelling_of_the_multipart_boundary_works(fake, content_type: str) -> None:
     response = make_proxy(fake).connect(request(multipart_body("XyZ"), content_type))
@@ -240,7 +249,12 @@ def test_every_legal_spelling_of_the_multipart_boundary_works(fake, content_type
 @pytest.mark.parametrize(
     ("body", "content_type", "status", "code"),
     [
-        (b'--b\r\nContent-Disposition: form-data; name="sdp\xff\xfe"\r\n\r\nv=0\r\n--b--\r\n', "multipart/form-data; boundary=b", 400, "bad_request"),
+        (
+            b'--b\r\nContent-Disposition: form-data; name="sdp\xff\xfe"\r\n\r\nv=0\r\n--b--\r\n',
+            "multipart/form-data; boundary=b",
+            400,
+            "bad_request",
+        ),
         (b'{"sdp": "\\ud800v=0"}', "application/json", 400, "bad_request"),
         (b'{"sdp": "v=0", "voice": "\\udfff"}', "application/json", 400, "bad_request"),
         (b"[" * 50_000 + b"]" * 50_000, "application/json", 413, "payload_too_large"),
@@ -248,11 +262,18 @@ def test_every_legal_spelling_of_the_multipart_boundary_works(fake, content_type
         (OFFER.replace("s=-", "s=\x00-").encode(), "application/sdp", 400, "invalid_sdp"),
         (OFFER.replace("s=-", "s=\x1b[31m-").encode(), "application/sdp", 400, "invalid_sdp"),
         (multipart_body("a" * 71), "multipart/form-data; boundary=" + "a" * 71, 400, "bad_request"),
-        (multipart_body("b").replace(b"name=\"voice\"", b"name=\"sdp\""), "multipart/form-data; boundary=b", 400, "bad_request"),
+        (
+            multipart_body("b").replace(b'name="voice"', b'name="sdp"'),
+            "multipart/form-data; boundary=b",
+            400,
+            "bad_request",
+        ),
         (multipart_body("b").replace(b"\r\n\r\nash", b"ash"), "multipart/form-data; boundary=b", 400, "bad_request"),
     ],
 )
-def test_malformed_bodies_get_a_clear_4xx_and_reach_nothing(fake, body: bytes, content_type: str, status: int, code: str) -> None:
+def test_malformed_bodies_get_a_clear_4xx_and_reach_nothing(
+    fake, body: bytes, content_type: str, status: int, code: str
+) -> None:
     response = make_proxy(fake).connect(request(body, content_type))
     assert (response.status_code, error_of(response)["code"]) == (status, code)
     assert fake.requests == []
@@ -260,11 +281,16 @@ def test_malformed_bodies_get_a_clear_4xx_and_reach_nothing(fake, body: bytes, c
 
 def test_a_very_long_path_segment_is_a_plain_404(fake) -> None:
     path = "a" * 5000 + ".js"
-    response = make_proxy(fake).static(request(method="GET", url=f"http://localhost:7071/{path}", route_params={"path": path}))
+    response = make_proxy(fake).static(
+        request(method="GET", url=f"http://localhost:7071/{path}", route_params={"path": path})
+    )
     assert (response.status_code, error_of(response, None)["code"]) == (404, "not_found")
 
 
-@pytest.mark.parametrize(("header", "expected"), [("nan", None), ("-5", None), ("inf", "3600"), ("1e300", "3600"), ("9" * 400, "3600"), ("1", "1")])
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("nan", None), ("-5", None), ("inf", "3600"), ("1e300", "3600"), ("9" * 400, "3600"), ("1", "1")],
+)
 def test_retry_after_ms_nonsense_never_breaks_the_answer(fake, header: str, expected: str | None) -> None:
     fake.fail_next("client_secrets", Fault(status=429, headers={"retry-after-ms": header}))
     response = make_proxy(fake).connect(offer_request())
@@ -279,7 +305,9 @@ def test_a_connection_reset_inside_the_body_is_an_upstream_error(fake, stage: st
     assert (response.status_code, error_of(response)["code"]) == (502, "upstream_error")
 
 
-@pytest.mark.parametrize("location", ["::::", "/v1/realtime/calls/", "/v1/realtime/calls/rtc_<script>", "http://[::1/x"])
+@pytest.mark.parametrize(
+    "location", ["::::", "/v1/realtime/calls/", "/v1/realtime/calls/rtc_<script>", "http://[::1/x"]
+)
 def test_a_malformed_location_still_returns_the_answer(fake, logs, location: str) -> None:
     fake.fail_next("calls", Fault(status=None, headers={"Location": location}))
     response = make_proxy(fake).connect(offer_request())
@@ -290,9 +318,17 @@ def test_a_malformed_location_still_returns_the_answer(fake, logs, location: str
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("AZURE_OPENAI_BASE_URL", "https://r.openai.azure.com:99999"), ("AZURE_OPENAI_BASE_URL", "https://r.openai.azure.com:https"),
-     ("AZURE_OPENAI_BASE_URL", "https://r.openai.azure.com:"), ("RATE_LIMIT_PER_MINUTE", "1e-308"), ("RATE_LIMIT_PER_MINUTE", "-1"),
-     ("RATE_LIMIT_BURST", "nan"), ("CONNECT_DEADLINE_SECONDS", "inf"), ("MAX_BODY_BYTES", "-1e9"), ("REALTIME_SESSION_TTL_SECONDS", "1e999")],
+    [
+        ("AZURE_OPENAI_BASE_URL", "https://r.openai.azure.com:99999"),
+        ("AZURE_OPENAI_BASE_URL", "https://r.openai.azure.com:https"),
+        ("AZURE_OPENAI_BASE_URL", "https://r.openai.azure.com:"),
+        ("RATE_LIMIT_PER_MINUTE", "1e-308"),
+        ("RATE_LIMIT_PER_MINUTE", "-1"),
+        ("RATE_LIMIT_BURST", "nan"),
+        ("CONNECT_DEADLINE_SECONDS", "inf"),
+        ("MAX_BODY_BYTES", "-1e9"),
+        ("REALTIME_SESSION_TTL_SECONDS", "1e999"),
+    ],
 )
 def test_absurd_settings_are_not_configured_naming_the_setting(fake, name: str, value: str) -> None:
     response = make_proxy(fake, **{name: value}).connect(offer_request())
@@ -302,7 +338,7 @@ def test_absurd_settings_are_not_configured_naming_the_setting(fake, name: str, 
 
 
 def test_the_example_settings_unchanged_are_not_configured(fake) -> None:
-    example = json.loads(open("local.settings.json.example").read())["Values"]
+    example = json.loads(Path("local.settings.json.example").read_text())["Values"]
     response = make_proxy(fake, api_key=None, **example).connect(offer_request())
     error = error_of(response)
     assert (response.status_code, error["code"]) == (503, "not_configured")
@@ -326,7 +362,9 @@ def test_anything_unexpected_is_a_500_with_a_request_id_in_the_log(logs) -> None
 
 def test_the_platform_trace_id_names_the_request(fake, logs) -> None:
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
-    response = make_proxy(fake).connect(request(b"x", "text/plain", headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}))
+    response = make_proxy(fake).connect(
+        request(b"x", "text/plain", headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
+    )
     assert response.headers["X-Request-Id"] == trace_id == error_of(response)["requestId"]
     assert f"request_id={trace_id}" in logs.text
 
@@ -337,22 +375,32 @@ def test_the_platform_trace_id_names_the_request(fake, logs) -> None:
 def test_origin_spellings_and_forwarded_hosts_share_one_bucket(fake) -> None:
     proxy = make_proxy(fake, ALLOWED_ORIGINS="*", RATE_LIMIT_PER_MINUTE="2", RATE_LIMIT_BURST="2")
     client = "203.0.113.7"
-    spellings = ["https://a.example", "https://a.example/", "HTTPS://A.EXAMPLE", "https://b.example", "https://c.example/x"]
+    spellings = [
+        "https://a.example",
+        "https://a.example/",
+        "HTTPS://A.EXAMPLE",
+        "https://b.example",
+        "https://c.example/x",
+    ]
     answers = [
-        proxy.connect(offer_request(headers={"x-forwarded-for": client, "origin": origin, "x-forwarded-host": f"h{i}.example"})).status_code
+        proxy.connect(
+            offer_request(headers={"x-forwarded-for": client, "origin": origin, "x-forwarded-host": f"h{i}.example"})
+        ).status_code
         for i, origin in enumerate(spellings)
     ]
     assert answers == [201, 201, 429, 429, 429]
 
 
 def test_a_forged_forwarded_host_does_not_make_an_origin_same_origin(fake) -> None:
-    response = make_proxy(fake).connect(offer_request(headers={"origin": "https://evil.example", "x-forwarded-host": "evil.example"}))
+    response = make_proxy(fake).connect(
+        offer_request(headers={"origin": "https://evil.example", "x-forwarded-host": "evil.example"})
+    )
     assert (response.status_code, error_of(response)["code"]) == (403, "origin_not_allowed")
     assert fake.requests == []
 
 
 def test_the_local_host_says_at_start_when_the_example_settings_are_unchanged() -> None:
-    example = json.loads(open("local.settings.json.example").read())["Values"]
+    example = json.loads(Path("local.settings.json.example").read_text())["Values"]
     host = LocalHost(example)
     try:
         assert "AZURE_OPENAI_BASE_URL still holds the placeholder" in host.log()

@@ -5,6 +5,7 @@ would catch: they parse the templates with pycep-parser and hold them to what th
 OpenAI role on the app's identity, the settings the code reads, Flex Consumption) and to what it
 must never do (keys, secrets, FTP, plain HTTP). checkov's Azure policies run over the same files.
 """
+
 from __future__ import annotations
 
 import json
@@ -124,9 +125,7 @@ def identity_branch_settings(use_user_assigned: bool) -> set[str]:
 
 
 def settings_the_code_reads() -> set[str]:
-    pattern = re.compile(
-        r"""(?:\bread\.\w+\(|environ\.get\(|getenv\(|environ\[)\s*["']([A-Z][A-Z0-9_]+)["']"""
-    )
+    pattern = re.compile(r"""(?:\bread\.\w+\(|environ\.get\(|getenv\(|environ\[)\s*["']([A-Z][A-Z0-9_]+)["']""")
     files = [*sorted((ROOT / "realtime_proxy").glob("*.py")), ROOT / "function_app.py"]
     return {name for f in files for name in pattern.findall(f.read_text())}
 
@@ -142,7 +141,11 @@ def bicep_text(path: Path) -> str:
 def test_every_template_parses():
     files = sorted(INFRA.rglob("*.bicep"))
     assert {f.relative_to(INFRA).as_posix() for f in files} >= {
-        "main.bicep", "modules/app.bicep", "modules/openai.bicep", "modules/openai-role.bicep"}
+        "main.bicep",
+        "modules/app.bicep",
+        "modules/openai.bicep",
+        "modules/openai-role.bicep",
+    }
     for f in files:
         assert tree(f.relative_to(INFRA).as_posix())["resources"], f
 
@@ -206,7 +209,8 @@ def test_openai_user_role_is_granted_on_the_openai_resource_to_the_apps_identity
     app = tree("modules/app.bicep")
     assert app["outputs"]["principalId"]["value"] == "principalId"
     assert render(resolve(app, "principalId")) == (
-        "useUserAssignedIdentity ? userIdentity.properties.principalId : app.identity.principalId")
+        "useUserAssignedIdentity ? userIdentity.properties.principalId : app.identity.principalId"
+    )
 
 
 def test_host_storage_and_telemetry_roles_go_to_the_same_principal():
@@ -248,8 +252,12 @@ def test_every_setting_the_app_requires_is_set_in_both_identity_modes():
 
     required = {problem.split()[0] for problem in load_settings({}).problems}
     assert "AZURE_OPENAI_BASE_URL" in required
-    required |= {"AZURE_OPENAI_DEPLOYMENT", "AzureWebJobsStorage__accountName",
-                 "APPLICATIONINSIGHTS_CONNECTION_STRING", "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"}
+    required |= {
+        "AZURE_OPENAI_DEPLOYMENT",
+        "AzureWebJobsStorage__accountName",
+        "APPLICATIONINSIGHTS_CONNECTION_STRING",
+        "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
+    }
     for mode in (True, False):
         missing = required - identity_branch_settings(mode)
         assert not missing, f"useUserAssignedIdentity={mode}: missing {sorted(missing)}"
@@ -273,7 +281,9 @@ def test_concurrency_settings_follow_the_async_broker_design():
     main = tree("main.bicep")["parameters"]
     assert main["httpPerInstanceConcurrency"]["default"] == 64
     assert main["maximumInstanceCount"]["default"] == 40
-    scale = only(tree("modules/app.bicep"), "Microsoft.Web/sites")["properties"]["functionAppConfig"]["scaleAndConcurrency"]
+    scale = only(tree("modules/app.bicep"), "Microsoft.Web/sites")["properties"]["functionAppConfig"][
+        "scaleAndConcurrency"
+    ]
     assert scale == {
         "instanceMemoryMB": 2048,
         "maximumInstanceCount": "maximumInstanceCount",
@@ -291,7 +301,9 @@ def test_flex_consumption_python_matching_the_tests():
     site = only(app, "Microsoft.Web/sites")
     assert site["kind"] == "functionapp,linux"
     assert site["properties"]["functionAppConfig"]["runtime"] == {
-        "name": "python", "version": f"{sys.version_info.major}.{sys.version_info.minor}"}
+        "name": "python",
+        "version": f"{sys.version_info.major}.{sys.version_info.minor}",
+    }
     package = site["properties"]["functionAppConfig"]["deployment"]["storage"]
     assert package["type"] == "blobContainer"
     container = only(app, "Microsoft.Storage/storageAccounts/blobServices/containers")
@@ -309,7 +321,9 @@ def test_https_only_tls12_no_ftp_no_basic_publishing():
     assert config["cors"] == {"allowedOrigins": []}, "one CORS mechanism: the app's own (README)"
     policies = resources(app, "Microsoft.Web/sites/basicPublishingCredentialsPolicies")
     assert {p["config"]["name"]: p["config"]["properties"] for p in policies.values()} == {
-        "ftp": {"allow": False}, "scm": {"allow": False}}
+        "ftp": {"allow": False},
+        "scm": {"allow": False},
+    }
     assert all(p["config"]["parent"] == "app" for p in policies.values())
     storage = only(app, "Microsoft.Storage/storageAccounts")["properties"]
     assert storage["minimumTlsVersion"] == "TLS1_2" and storage["supportsHttpsTrafficOnly"] is True
@@ -337,11 +351,15 @@ def test_no_key_or_secret_is_read_set_or_output():
     # and the component refuses telemetry that is not Entra-authenticated.
     assert {n for n in names if "CONNECTION" in n.upper()} == {"APPLICATIONINSIGHTS_CONNECTION_STRING"}
     assert [render(v) for v in app_settings()["APPLICATIONINSIGHTS_CONNECTION_STRING"]] == [
-        "appInsights.properties.ConnectionString"]
+        "appInsights.properties.ConnectionString"
+    ]
     app = tree("modules/app.bicep")
     assert only(app, "Microsoft.Insights/components")["properties"]["DisableLocalAuth"] is True
     assert only(app, "Microsoft.Storage/storageAccounts")["properties"]["allowSharedKeyAccess"] is False
-    assert only(tree("modules/openai.bicep"), "Microsoft.CognitiveServices/accounts")["properties"]["disableLocalAuth"] is True
+    assert (
+        only(tree("modules/openai.bicep"), "Microsoft.CognitiveServices/accounts")["properties"]["disableLocalAuth"]
+        is True
+    )
 
 
 def test_outputs_give_the_app_and_page_urls():
@@ -369,15 +387,29 @@ def test_checkov_finds_no_failed_checks_and_every_skip_is_justified(tmp_path):
     assert binary.exists(), f"CHECKOV={binary} does not exist"
     report = tmp_path / "checkov"
     result = subprocess.run(
-        [str(binary), "-d", str(INFRA), "--framework", "bicep", "--skip-download",
-         "-o", "json", "--output-file-path", str(report)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        [
+            str(binary),
+            "-d",
+            str(INFRA),
+            "--framework",
+            "bicep",
+            "--skip-download",
+            "-o",
+            "json",
+            "--output-file-path",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
     )
     assert result.returncode in (0, 1), result.stderr[-2000:]
     data = json.loads((report / "results_json.json").read_text())
     runs = data if isinstance(data, list) else [data]
-    failed = [f"{c['check_id']} {c['resource']} ({c['file_path']})"
-              for r in runs for c in r["results"]["failed_checks"]]
+    failed = [
+        f"{c['check_id']} {c['resource']} ({c['file_path']})" for r in runs for c in r["results"]["failed_checks"]
+    ]
     assert not failed, failed
     summary = runs[0]["summary"]
     assert summary["parsing_errors"] == 0 and summary["passed"] >= 15, summary

@@ -1,6 +1,7 @@
 """The server's limits as a user meets them, in a real Chromium through the app under the local host: the
 session-length sweep ends the call and the page says why, even when the page does not cooperate; End frees
 the caller's session slot at once."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -28,9 +29,17 @@ def emulator(peers: PeerHost) -> Iterator[FakeAzureOpenAI]:  # noqa: F811
 
 @pytest.fixture(scope="module")
 def app(emulator: FakeAzureOpenAI) -> Iterator[LocalHost]:
-    host = LocalHost({"AZURE_OPENAI_BASE_URL": emulator.url, "AZURE_OPENAI_API_KEY": API_KEY, "REALTIME_EMULATOR": "true",
-                      "RATE_LIMIT_PER_MINUTE": "0", "MAX_ACTIVE_SESSIONS": "1",
-                      "REALTIME_MAX_SESSION_SECONDS": str(LIMIT_SECONDS), "LOCAL_TIMER_INTERVAL_SECONDS": "1"})
+    host = LocalHost(
+        {
+            "AZURE_OPENAI_BASE_URL": emulator.url,
+            "AZURE_OPENAI_API_KEY": API_KEY,
+            "REALTIME_EMULATOR": "true",
+            "RATE_LIMIT_PER_MINUTE": "0",
+            "MAX_ACTIVE_SESSIONS": "1",
+            "REALTIME_MAX_SESSION_SECONDS": str(LIMIT_SECONDS),
+            "LOCAL_TIMER_INTERVAL_SECONDS": "1",
+        }
+    )
     yield host
     host.close()
 
@@ -41,7 +50,10 @@ def server_hang_ups(emulator: FakeAzureOpenAI, call_id: str) -> list:
 
 def test_the_server_ends_a_call_at_its_limit_even_if_the_page_does_not(page: Page, peers, emulator, app) -> None:  # noqa: F811
     # A page that neither knows the limit nor reports its own End: only the server's sweep can end this call.
-    page.route("**/config", lambda route: route.fulfill(response=(r := route.fetch()), json={**r.json(), "session": {"maxSeconds": None}}))
+    page.route(
+        "**/config",
+        lambda route: route.fulfill(response=(r := route.fetch()), json={**r.json(), "session": {"maxSeconds": None}}),
+    )
     page.route("**/calls/*/hangup", lambda route: route.abort())
     page.reload()
     page.wait_for_function("document.querySelectorAll('#voice option').length >= 10")

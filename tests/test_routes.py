@@ -1,5 +1,6 @@
 """The registered functions of function_app.py, called in-process and over HTTP through the local host, and the
 local host itself answering as the Functions host and Python worker do."""
+
 from __future__ import annotations
 
 import asyncio
@@ -40,12 +41,21 @@ def trigger(function) -> dict:
 
 def test_routes_do_not_collide_with_host_reserved_prefixes(registered) -> None:
     routes = {name: trigger(f).get("route") for name, f in registered.items()}
-    assert routes == {"connect": "connect", "connect_preflight": "connect", "config": "config", "static": "{*path}",
-                      "hang_up": "calls/{call_id}/hangup", "hang_up_preflight": "calls/{call_id}/hangup",
-                      "pause": "operator/pause", "resume": "operator/resume", "sweep": None}
+    assert routes == {
+        "connect": "connect",
+        "connect_preflight": "connect",
+        "config": "config",
+        "static": "{*path}",
+        "hang_up": "calls/{call_id}/hangup",
+        "hang_up_preflight": "calls/{call_id}/hangup",
+        "pause": "operator/pause",
+        "resume": "operator/resume",
+        "sweep": None,
+    }
     assert not any(route.startswith(("admin", "runtime")) for route in routes.values() if route)
-    assert {name: str(trigger(f)["authLevel"].value) for name, f in registered.items() if name in ("pause", "resume")} == {
-        "pause": "function", "resume": "function"}, "the kill switch needs a key"
+    assert {
+        name: str(trigger(f)["authLevel"].value) for name, f in registered.items() if name in ("pause", "resume")
+    } == {"pause": "function", "resume": "function"}, "the kill switch needs a key"
     assert trigger(registered["sweep"])["schedule"] == "0 * * * * *", "the session-length sweep runs every minute"
 
 
@@ -67,7 +77,9 @@ def test_connect_over_http_all_three_body_forms(live, fake) -> None:
     forms = [
         requests.post(live.url + "/connect", data=body, headers={"Content-Type": content_type}, timeout=10),
         requests.post(live.url + "/connect", json={"sdp": OFFER, "voice": "coral"}, timeout=10),
-        requests.post(live.url + "/connect?voice=coral", data=OFFER, headers={"Content-Type": "application/sdp"}, timeout=10),
+        requests.post(
+            live.url + "/connect?voice=coral", data=OFFER, headers={"Content-Type": "application/sdp"}, timeout=10
+        ),
     ]
     for response in forms:
         assert response.status_code == 201
@@ -86,11 +98,20 @@ def test_errors_over_http_are_json_with_a_code(live, fake) -> None:
 
 
 def test_function_key_mode_over_http(fake) -> None:
-    host = LocalHost({"AZURE_OPENAI_BASE_URL": fake.url, "AZURE_OPENAI_API_KEY": API_KEY,
-                      "CONNECT_AUTH_LEVEL": "function", "LOCAL_FUNCTION_KEY": "local-function-key"})
+    host = LocalHost(
+        {
+            "AZURE_OPENAI_BASE_URL": fake.url,
+            "AZURE_OPENAI_API_KEY": API_KEY,
+            "CONNECT_AUTH_LEVEL": "function",
+            "LOCAL_FUNCTION_KEY": "local-function-key",
+        }
+    )
     try:
         body, content_type = multipart({"sdp": OFFER})
-        post = lambda url, **kw: requests.post(url, data=body, headers={"Content-Type": content_type, **kw}, timeout=10)
+
+        def post(url, **kw):
+            return requests.post(url, data=body, headers={"Content-Type": content_type, **kw}, timeout=10)
+
         assert post(host.url + "/connect").status_code == 401
         assert fake.requests == [], "a refused key never reaches upstream"
         assert post(host.url + "/connect?code=local-function-key").status_code == 201
@@ -105,7 +126,11 @@ def test_function_key_mode_over_http(fake) -> None:
 
 def test_unknown_paths_and_methods_answer_like_the_functions_host(live) -> None:
     assert requests.get(live.url + "/nope.html", timeout=5).json()["error"]["code"] == "not_found"
-    for method, path, allow in [("DELETE", "/connect", "OPTIONS, POST"), ("PUT", "/config", "GET"), ("POST", "/", "GET, HEAD")]:
+    for method, path, allow in [
+        ("DELETE", "/connect", "OPTIONS, POST"),
+        ("PUT", "/config", "GET"),
+        ("POST", "/", "GET, HEAD"),
+    ]:
         response = requests.request(method, live.url + path, timeout=5)
         assert response.status_code == 405 and response.headers["Allow"] == allow, (method, path)
         assert response.headers["Content-Type"] == "application/json"
@@ -129,7 +154,7 @@ def test_a_body_shorter_than_its_content_length_is_a_bad_request(live, fake) -> 
     with socket.create_connection((host, int(port)), timeout=10) as client:
         client.sendall(
             b"POST /connect HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 500\r\nConnection: close\r\n\r\n{\"sdp\": \"v=0"
+            b'Content-Length: 500\r\nConnection: close\r\n\r\n{"sdp": "v=0'
         )
         client.shutdown(socket.SHUT_WR)  # the client hangs up before the promised 500 bytes
         answer = b"".join(iter(lambda: client.recv(65536), b""))
@@ -196,7 +221,7 @@ def probe() -> Iterator[tuple[Probe, str]]:
 
 
 def test_async_handlers_share_one_long_lived_loop_sync_ones_do_not(probe) -> None:
-    app, url = probe
+    _app, url = probe
     first, second = (requests.get(url + "/where", timeout=10).json() for _ in range(2))
     assert first == second and first["loop"] is not None, "one event loop, on one thread, for every async call"
     sync = requests.get(url + "/where-sync", timeout=10)
@@ -205,7 +230,7 @@ def test_async_handlers_share_one_long_lived_loop_sync_ones_do_not(probe) -> Non
 
 
 def test_async_handlers_run_concurrently_on_that_loop(probe) -> None:
-    app, url = probe
+    _app, url = probe
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(requests.get, url + "/wait", timeout=60)
         while (released := requests.post(url + "/release", timeout=10)).status_code == 409:

@@ -2,6 +2,7 @@
 
 This module is also the `st` process's hooks module (SCHEMATHESIS_HOOKS), so the raw-SDP form is fuzzed too.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,10 +32,30 @@ def test_schemathesis_finds_no_failure(fake, tmp_path: Path) -> None:
     config.write_text(CONFIG)
     try:
         run = subprocess.run(
-            [str(ST), "--config-file", str(config), "run", f"{host.url}/openapi.json", "--checks", "all",
-             "--max-examples", "40", "--generation-deterministic", "--workers", "1", "--no-color",
-             "--request-timeout", "30", "--report", "har", "--report-har-path", str(har)],
-            capture_output=True, text=True, timeout=600,
+            [
+                str(ST),
+                "--config-file",
+                str(config),
+                "run",
+                f"{host.url}/openapi.json",
+                "--checks",
+                "all",
+                "--max-examples",
+                "40",
+                "--generation-deterministic",
+                "--workers",
+                "1",
+                "--no-color",
+                "--request-timeout",
+                "30",
+                "--report",
+                "har",
+                "--report-har-path",
+                str(har),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
             cwd=tmp_path,  # its crash cache stays out of the repo
             env={**os.environ, "SCHEMATHESIS_HOOKS": __name__, "PYTHONPATH": str(ROOT)},
         )
@@ -44,7 +65,10 @@ def test_schemathesis_finds_no_failure(fake, tmp_path: Path) -> None:
     entries = json.loads(har.read_text())["log"]["entries"]
     statuses = {(e["request"]["method"], e["response"]["status"]) for e in entries}
     created = [e for e in entries if (e["request"]["method"], e["response"]["status"]) == ("POST", 201)]
-    forms = {next(h["value"].split(";")[0] for h in e["request"]["headers"] if h["name"].lower() == "content-type") for e in created}
+    forms = {
+        next(h["value"].split(";")[0] for h in e["request"]["headers"] if h["name"].lower() == "content-type")
+        for e in created
+    }
     assert forms == {"multipart/form-data", "application/json", "application/sdp"}, f"sessions made only with {forms}"
     assert len(created) >= 10, f"only {len(created)} of {len(entries)} requests made a session: {sorted(statuses)}"
     assert {("POST", 400), ("PUT", 405)} <= statuses, "bad offers and undeclared methods were tried"

@@ -1,4 +1,5 @@
 """Settings: every spelling of the base URL means the same resource; bad values are named, not echoed."""
+
 from __future__ import annotations
 
 import pytest
@@ -22,8 +23,15 @@ def test_azure_resource_urls_normalise(suffix: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["my-res.openai.azure.com", "http://my-res.openai.azure.com", "ftp://x", "https://", "https://x?api-version=1",
-            "https://user:pw@x.openai.azure.com"],
+    "url",
+    [
+        "my-res.openai.azure.com",
+        "http://my-res.openai.azure.com",
+        "ftp://x",
+        "https://",
+        "https://x?api-version=1",
+        "https://user:pw@x.openai.azure.com",
+    ],
 )
 def test_bad_base_urls_are_reported_by_name(url: str) -> None:
     settings = load_settings({"AZURE_OPENAI_BASE_URL": url})
@@ -43,8 +51,15 @@ def test_defaults_are_safe() -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("REALTIME_ALLOWED_VOICES", "alloy,nova"), ("REALTIME_DEFAULT_VOICE", "ash"), ("REALTIME_SESSION_TTL_SECONDS", "5"),
-     ("REALTIME_INSTRUCTIONS_MODE", "shout"), ("CONNECT_AUTH_LEVEL", "functon"), ("REALTIME_TURN_DETECTION", "magic"), ("MAX_BODY_BYTES", "lots")],
+    [
+        ("REALTIME_ALLOWED_VOICES", "alloy,nova"),
+        ("REALTIME_DEFAULT_VOICE", "ash"),
+        ("REALTIME_SESSION_TTL_SECONDS", "5"),
+        ("REALTIME_INSTRUCTIONS_MODE", "shout"),
+        ("CONNECT_AUTH_LEVEL", "functon"),
+        ("REALTIME_TURN_DETECTION", "magic"),
+        ("MAX_BODY_BYTES", "lots"),
+    ],
 )
 def test_invalid_policy_settings_are_named(name: str, value: str) -> None:
     env = {"AZURE_OPENAI_BASE_URL": "https://r.openai.azure.com", "REALTIME_ALLOWED_VOICES": "alloy,echo", name: value}

@@ -2,6 +2,7 @@
 
 The same code runs on Azure Table Storage (tests/test_shared_limits_storage.py runs it on Azurite across
 processes); here every rule is shown on one instance, with a clock the test moves."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,14 @@ def connect(proxy, client: dict[str, str] = CLIENT):
 def hang_up(proxy, response, token: str | None = None):
     call_id = response.headers["Location"].rsplit("/", 1)[-1]
     headers = {"x-call-token": token if token is not None else response.headers["X-Call-Token"]}
-    return proxy.hang_up(request(method="POST", url=f"http://localhost:7071/calls/{call_id}/hangup",
-                                 headers=headers, route_params={"call_id": call_id}))
+    return proxy.hang_up(
+        request(
+            method="POST",
+            url=f"http://localhost:7071/calls/{call_id}/hangup",
+            headers=headers,
+            route_params={"call_id": call_id},
+        )
+    )
 
 
 def test_the_per_client_rate_is_a_window_per_minute(fake) -> None:
@@ -56,7 +63,10 @@ def test_a_session_cap_frees_its_slot_when_the_caller_ends_the_call(fake) -> Non
 def test_only_the_caller_that_created_a_call_can_end_it(fake) -> None:
     proxy = make_proxy(fake)
     mine, theirs = connect(proxy), connect(proxy)
-    assert (hang_up(proxy, mine, "").status_code, error_of(hang_up(proxy, mine, ""), None)["code"]) == (400, "bad_request")
+    assert (hang_up(proxy, mine, "").status_code, error_of(hang_up(proxy, mine, ""), None)["code"]) == (
+        400,
+        "bad_request",
+    )
     for token in ("nonsense", theirs.headers["X-Call-Token"], mine.headers["X-Call-Token"] + "x"):
         refused = hang_up(proxy, mine, token)
         assert (refused.status_code, error_of(refused, None)["code"]) == (404, "call_not_found")

@@ -1,4 +1,5 @@
 """The page and its assets: content types, caching, HEAD, 404s, and no way out of static/."""
+
 from __future__ import annotations
 
 import http.client
@@ -10,14 +11,21 @@ from tests.conftest import error_of, make_proxy, request
 
 
 def get(proxy, path: str, method: str = "GET", headers: dict[str, str] | None = None):
-    return proxy.static(request(method=method, url=f"http://localhost:7071/{path}", headers=headers, route_params={"path": path}))
+    return proxy.static(
+        request(method=method, url=f"http://localhost:7071/{path}", headers=headers, route_params={"path": path})
+    )
 
 
 @pytest.mark.parametrize(
     ("path", "content_type"),
-    [("", "text/html; charset=utf-8"), ("index.html", "text/html; charset=utf-8"),
-     ("app.js", "text/javascript; charset=utf-8"), ("realtime-session.js", "text/javascript; charset=utf-8"),
-     ("styles.css", "text/css; charset=utf-8"), ("favicon.svg", "image/svg+xml; charset=utf-8")],
+    [
+        ("", "text/html; charset=utf-8"),
+        ("index.html", "text/html; charset=utf-8"),
+        ("app.js", "text/javascript; charset=utf-8"),
+        ("realtime-session.js", "text/javascript; charset=utf-8"),
+        ("styles.css", "text/css; charset=utf-8"),
+        ("favicon.svg", "image/svg+xml; charset=utf-8"),
+    ],
 )
 def test_assets_are_served_with_their_content_type(fake, path: str, content_type: str) -> None:
     response = get(make_proxy(fake), path)
@@ -41,9 +49,21 @@ def test_etag_revalidation_and_head(fake) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["missing.html", "../function_app.py", "..%2ffunction_app.py", "%2e%2e/function_app.py", "%252e%252e/host.json",
-     "..\\function_app.py", "/etc/passwd", "%2fetc%2fpasswd", "static/../../host.json", ".git/config",
-     "C:/Windows/win.ini", "index.html%00.js", "./index.html"],
+    [
+        "missing.html",
+        "../function_app.py",
+        "..%2ffunction_app.py",
+        "%2e%2e/function_app.py",
+        "%252e%252e/host.json",
+        "..\\function_app.py",
+        "/etc/passwd",
+        "%2fetc%2fpasswd",
+        "static/../../host.json",
+        ".git/config",
+        "C:/Windows/win.ini",
+        "index.html%00.js",
+        "./index.html",
+    ],
 )
 def test_missing_files_and_traversal_are_404(fake, path: str) -> None:
     response = get(make_proxy(fake), path)
@@ -59,8 +79,15 @@ def test_get_on_the_endpoint_says_which_methods_it_takes(fake) -> None:
 
 @pytest.mark.parametrize(
     "raw_path",
-    ["/../function_app.py", "/%2e%2e/function_app.py", "/..%2f..%2fetc%2fpasswd", "/%2e%2e%5cfunction_app.py",
-     "/static/%2e%2e/%2e%2e/host.json", "//etc/passwd", "/%252e%252e%252fhost.json"],
+    [
+        "/../function_app.py",
+        "/%2e%2e/function_app.py",
+        "/..%2f..%2fetc%2fpasswd",
+        "/%2e%2e%5cfunction_app.py",
+        "/static/%2e%2e/%2e%2e/host.json",
+        "//etc/passwd",
+        "/%252e%252e%252fhost.json",
+    ],
 )
 def test_traversal_over_http_never_escapes(live, raw_path: str) -> None:
     host, port = live.url.removeprefix("http://").split(":")

@@ -1,6 +1,7 @@
 """What an operator sees in Application Insights, checked in-process with the OpenTelemetry SDK's own in-memory
 exporters: the connect span and its stage spans, their attributes, the two histograms, and that no secret, SDP
 or instructions text reaches any exporter (traces, metrics or logs)."""
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from localdev.fake_openai import Fault, FakeAzureOpenAI
+from localdev.fake_openai import FakeAzureOpenAI, Fault
 from realtime_proxy import telemetry as t
 from realtime_proxy.service import RealtimeProxy
 from realtime_proxy.settings import load_settings
@@ -92,22 +93,38 @@ def exported() -> Iterator[Exported]:
 
 
 def observed(exported: Exported, fake: FakeAzureOpenAI, api_key: str | None = API_KEY, **env: str) -> Driven:
-    settings = {"AZURE_OPENAI_BASE_URL": fake.url, "ALLOWED_ORIGINS": ORIGIN, "REALTIME_INSTRUCTIONS": SERVER_INSTRUCTIONS, **env}
+    settings = {
+        "AZURE_OPENAI_BASE_URL": fake.url,
+        "ALLOWED_ORIGINS": ORIGIN,
+        "REALTIME_INSTRUCTIONS": SERVER_INSTRUCTIONS,
+        **env,
+    }
     if api_key:
         settings["AZURE_OPENAI_API_KEY"] = api_key
     return Driven(RealtimeProxy(load_settings(settings), telemetry=exported.telemetry))
 
 
 def connect_from_browser(proxy: Driven, voice: str = "cedar", **headers: str):
-    return proxy.connect(offer_request({"voice": voice, "instructions": CALLER_INSTRUCTIONS}, headers={"origin": ORIGIN, **headers}))
+    return proxy.connect(
+        offer_request({"voice": voice, "instructions": CALLER_INSTRUCTIONS}, headers={"origin": ORIGIN, **headers})
+    )
 
 
 def assert_nothing_secret(exported: Exported, fake: FakeAzureOpenAI) -> None:
     text = exported.everything()
     assert "realtime.outcome" in text, "the serialisation holds the telemetry"
     offer_lines = [line for line in OFFER.split("\r\n") if len(line) > 12]
-    for secret in (API_KEY, *fake.secrets, *fake.accepted_tokens, "ek_", "Bearer", SERVER_INSTRUCTIONS,
-                   CALLER_INSTRUCTIONS, "pirate", *offer_lines):
+    for secret in (
+        API_KEY,
+        *fake.secrets,
+        *fake.accepted_tokens,
+        "ek_",
+        "Bearer",
+        SERVER_INSTRUCTIONS,
+        CALLER_INSTRUCTIONS,
+        "pirate",
+        *offer_lines,
+    ):
         assert secret not in text, f"{secret!r} reached an exporter"
 
 
@@ -123,8 +140,15 @@ def test_a_connect_is_one_span_with_a_child_per_stage_joined_to_the_callers_trac
     assert f"{connect.parent.span_id:016x}" == PARENT_SPAN_ID and connect.parent.is_remote
     call_id = response.headers["Location"].rsplit("/", 1)[-1]
     assert dict(connect.attributes) == {
-        t.METHOD: "POST", t.STATUS_CODE: 201, t.OUTCOME: "ok", t.UPSTREAM_STATUS: 201, t.CALL_ID: call_id,
-        t.VOICE: "cedar", t.DEPLOYMENT: "gpt-realtime", t.CLIENT_ORIGIN: ORIGIN, t.REQUEST_ID_ATTRIBUTE: TRACE_ID,
+        t.METHOD: "POST",
+        t.STATUS_CODE: 201,
+        t.OUTCOME: "ok",
+        t.UPSTREAM_STATUS: 201,
+        t.CALL_ID: call_id,
+        t.VOICE: "cedar",
+        t.DEPLOYMENT: "gpt-realtime",
+        t.CLIENT_ORIGIN: ORIGIN,
+        t.REQUEST_ID_ATTRIBUTE: TRACE_ID,
     }
     for name, status in (("credential", None), ("client_secrets", 200), ("calls", 201)):
         stage = exported.span(name)
@@ -138,7 +162,11 @@ def test_a_connect_is_one_span_with_a_child_per_stage_joined_to_the_callers_trac
     (ok,) = exported.histogram(t.CONNECT_DURATION).items()
     assert ok[0] == ((t.OUTCOME, "ok"),) and ok[1].count == 1 and 0 < ok[1].sum < 5
     stages = exported.histogram(t.UPSTREAM_DURATION)
-    assert {dict(key)[t.STAGE]: point.count for key, point in stages.items()} == {"credential": 1, "client_secrets": 1, "calls": 1}
+    assert {dict(key)[t.STAGE]: point.count for key, point in stages.items()} == {
+        "credential": 1,
+        "client_secrets": 1,
+        "calls": 1,
+    }
     assert all(dict(key)[t.OUTCOME] == "ok" for key in stages)
     log_lines = [record.log_record.body for record in exported.logs.get_finished_logs()]
     assert any(f"connect ok: call {call_id}" in line and f"request_id={TRACE_ID}" in line for line in log_lines)
@@ -205,7 +233,9 @@ def test_each_failure_class_is_recorded_against_the_stage_that_failed(
     assert connect.attributes[t.CLIENT_ORIGIN] == ORIGIN and connect.attributes[t.DEPLOYMENT] == "gpt-realtime"
     assert connect.attributes.get(t.UPSTREAM_STATUS) == upstream_status
     assert t.CALL_ID not in connect.attributes
-    assert connect.attributes.get(t.VOICE) == (None if case in ("bad_request", "not_configured", "rate_limited") else voice)
+    assert connect.attributes.get(t.VOICE) == (
+        None if case in ("bad_request", "not_configured", "rate_limited") else voice
+    )
     assert connect.status.status_code is (StatusCode.ERROR if status >= 500 else StatusCode.UNSET)
     if stages:
         failed = exported.span(stages[-1])
@@ -215,8 +245,11 @@ def test_each_failure_class_is_recorded_against_the_stage_that_failed(
 
     outcomes = {dict(key)[t.OUTCOME]: point.count for key, point in exported.histogram(t.CONNECT_DURATION).items()}
     assert outcomes == ({"ok": 1, code: 1} if case == "rate_limited" else {code: 1})
-    by_stage = {dict(key)[t.STAGE]: dict(key)[t.OUTCOME] for key in exported.histogram(t.UPSTREAM_DURATION)
-                if case != "rate_limited" or dict(key)[t.OUTCOME] != "ok"}
+    by_stage = {
+        dict(key)[t.STAGE]: dict(key)[t.OUTCOME]
+        for key in exported.histogram(t.UPSTREAM_DURATION)
+        if case != "rate_limited" or dict(key)[t.OUTCOME] != "ok"
+    }
     assert by_stage == ({stages[-1]: code} | {name: "ok" for name in stages[:-1]} if stages else {})
     assert_nothing_secret(exported, fake)
 
@@ -249,11 +282,18 @@ def test_readme_queries_use_only_names_the_app_emits() -> None:
 def imported_after_function_app(**env: str) -> list[str]:
     """The telemetry modules a fresh worker process has loaded once function_app.py is imported."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "REALTIME_", "APPLICATIONINSIGHTS_"))}
-    probe = ("import sys, function_app; print(json.dumps(sorted(m for m in sys.modules "
-             "if m.startswith(('opentelemetry', 'azure.monitor')))))")
+    probe = (
+        "import sys, function_app; print(json.dumps(sorted(m for m in sys.modules "
+        "if m.startswith(('opentelemetry', 'azure.monitor')))))"
+    )
     result = subprocess.run(
-        [sys.executable, "-c", "import json; " + probe], cwd=ROOT, env={**base, **env},
-        capture_output=True, text=True, timeout=120, check=True,
+        [sys.executable, "-c", "import json; " + probe],
+        cwd=ROOT,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     return json.loads(result.stdout.splitlines()[-1])
 
@@ -266,7 +306,8 @@ def test_with_a_connection_string_the_distro_is_configured_at_import() -> None:
     modules = imported_after_function_app(
         APPLICATIONINSIGHTS_CONNECTION_STRING="InstrumentationKey=00000000-0000-4000-8000-000000000000;"
         "IngestionEndpoint=http://127.0.0.1:9/",
-        AZURE_OPENAI_BASE_URL="http://127.0.0.1:9", AZURE_OPENAI_API_KEY=API_KEY,
+        AZURE_OPENAI_BASE_URL="http://127.0.0.1:9",
+        AZURE_OPENAI_API_KEY=API_KEY,
     )
     assert "azure.monitor.opentelemetry" in modules and "opentelemetry.sdk.trace" in modules
 

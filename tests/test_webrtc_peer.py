@@ -20,8 +20,8 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack
 
-from localdev.emulator import peer as emulator_peer
 from localdev.emulator import SPEECH_LEVEL, PeerHost, audio_frames
+from localdev.emulator import peer as emulator_peer
 
 TIMEOUT = 5.0
 QUIET = 0.01  # peak level of "silence" after Opus round trips
@@ -353,22 +353,42 @@ def test_unusable_offer_is_a_value_error(host: PeerHost, offer: str) -> None:
 
 
 def test_session_update_refuses_what_the_service_refuses_and_applies_nothing(host: PeerHost) -> None:
-    session = {"type": "realtime", "model": "gpt-realtime", "instructions": "Server.", "audio": {"output": {"voice": "marin"}}}
+    session = {
+        "type": "realtime",
+        "model": "gpt-realtime",
+        "instructions": "Server.",
+        "audio": {"output": {"voice": "marin"}},
+    }
 
     async def scenario(browser: Browser) -> None:
         await browser.expect("session.created")
         refused = [  # (session, code, param) as the service answers them
-            ({"type": "realtime", "instructions": "Browser.", "temperature": 0.6}, "unknown_parameter", "session.temperature"),
-            ({"type": "realtime", "audio": {"output": {"voice": "marin", "pitch": 2}}}, "unknown_parameter",
-             "session.audio.output.pitch"),
+            (
+                {"type": "realtime", "instructions": "Browser.", "temperature": 0.6},
+                "unknown_parameter",
+                "session.temperature",
+            ),
+            (
+                {"type": "realtime", "audio": {"output": {"voice": "marin", "pitch": 2}}},
+                "unknown_parameter",
+                "session.audio.output.pitch",
+            ),
             ({"instructions": "Browser."}, "missing_required_parameter", "session.type"),
-            ({"type": "realtime", "audio": {"output": {"voice": "nova"}}}, "invalid_value", "session.audio.output.voice"),
-        ]  # fmt: skip
+            (
+                {"type": "realtime", "audio": {"output": {"voice": "nova"}}},
+                "invalid_value",
+                "session.audio.output.voice",
+            ),
+        ]
         for number, (update, code, param) in enumerate(refused):
             browser.send({"type": "session.update", "event_id": f"evt_{number}", "session": update})
             error = (await browser.expect("error"))["error"]
             assert (error["type"], error["code"], error["param"], error["event_id"]) == (
-                "invalid_request_error", code, param, f"evt_{number}")  # fmt: skip
+                "invalid_request_error",
+                code,
+                param,
+                f"evt_{number}",
+            )
         assert not [e for e in browser.events if e["type"] == "session.updated"], "a refused update changes nothing"
 
         browser.send({"type": "session.update", "session": {"type": "realtime", "tracing": "auto", "model": "other"}})
@@ -377,17 +397,28 @@ def test_session_update_refuses_what_the_service_refuses_and_applies_nothing(hos
 
         browser.send({"type": "response.create"})
         await browser.expect("response.done", timeout=10.0)
-        browser.send({"type": "session.update", "session": {"type": "realtime", "audio": {"output": {"voice": "cedar"}}}})
+        browser.send(
+            {"type": "session.update", "session": {"type": "realtime", "audio": {"output": {"voice": "cedar"}}}}
+        )
         assert (await browser.expect("error"))["error"]["code"] == "cannot_update_voice"
-        browser.send({"type": "session.update", "session": {"type": "realtime", "audio": {"output": {"voice": "marin"}}}})
+        browser.send(
+            {"type": "session.update", "session": {"type": "realtime", "audio": {"output": {"voice": "marin"}}}}
+        )
         assert (await browser.expect("session.updated"))["session"]["audio"]["output"]["voice"] == "marin"
 
     run_call(host, session, scenario)
 
 
 def test_replies_send_the_service_event_set_in_order_also_when_cancelled(host: PeerHost) -> None:
-    closing = ["response.output_audio.done", "response.output_audio_transcript.done", "response.content_part.done",
-               "response.output_item.done", "conversation.item.done", "response.done", "output_audio_buffer.stopped"]
+    closing = [
+        "response.output_audio.done",
+        "response.output_audio_transcript.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "conversation.item.done",
+        "response.done",
+        "output_audio_buffer.stopped",
+    ]
 
     async def scenario(browser: Browser) -> None:
         await browser.expect("session.created")
@@ -399,8 +430,14 @@ def test_replies_send_the_service_event_set_in_order_also_when_cancelled(host: P
                 browser.send({"type": "response.cancel"})
             await browser.expect("output_audio_buffer.stopped", timeout=10.0)
             types = [e["type"] for e in browser.events[start:] if not e["type"].endswith(".delta")]
-            assert types == ["response.created", "response.output_item.added", "conversation.item.added",
-                             "response.content_part.added", "output_audio_buffer.started", *closing]  # fmt: skip
+            assert types == [
+                "response.created",
+                "response.output_item.added",
+                "conversation.item.added",
+                "response.content_part.added",
+                "output_audio_buffer.started",
+                *closing,
+            ]
             events = {e["type"]: e for e in browser.events[start:]}
             item = events["response.output_item.done"]["item"]
             said = events["response.output_audio_transcript.done"]["transcript"]
@@ -440,7 +477,8 @@ def test_items_are_retrieved_with_their_transcript_and_deleted(host: PeerHost) -
 
 
 def test_a_call_ends_by_hangup_by_the_session_limit_or_by_a_lost_network(host: PeerHost) -> None:
-    """Hang-up and the service's limit close the channel at once (the limit says why first); a lost network says nothing."""
+    """Hang-up and the service's limit close the channel at once (the limit says why first); a lost network says
+    nothing."""
     session = {"type": "realtime", "model": "gpt-realtime"}
 
     async def hung_up(browser: Browser) -> None:
@@ -472,8 +510,10 @@ def test_a_call_ends_by_hangup_by_the_session_limit_or_by_a_lost_network(host: P
 
 def test_replayed_turns_restore_context_and_wrong_ones_are_refused(host: PeerHost) -> None:
     def said(role: str, kind: str, text: str) -> dict:
-        return {"type": "conversation.item.create",
-                "item": {"type": "message", "role": role, "content": [{"type": kind, "text": text}]}}
+        return {
+            "type": "conversation.item.create",
+            "item": {"type": "message", "role": role, "content": [{"type": kind, "text": text}]},
+        }
 
     async def scenario(browser: Browser) -> None:
         await browser.expect("session.created")

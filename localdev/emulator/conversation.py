@@ -110,9 +110,12 @@ class Conversation:
     """One call's session, items, input buffer, turn detection and responses."""
 
     def __init__(
-        self, session: dict, deliver: Callable[[str], None], tone: ToneTrack,
+        self,
+        session: dict,
+        deliver: Callable[[str], None],
+        tone: ToneTrack,
         spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task],
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.events_received: list[dict] = []
         self._session = _session_object(session)
         self._deliver = deliver  # sends one JSON text on the data channel, if it is open
@@ -145,9 +148,13 @@ class Conversation:
         self._deliver(json.dumps({"type": event_type, "event_id": new_id("event"), **fields}))
 
     def error(
-        self, code: str, message: str, event: dict | None = None, param: str | None = None,
+        self,
+        code: str,
+        message: str,
+        event: dict | None = None,
+        param: str | None = None,
         error_type: str = "invalid_request_error",
-    ) -> None:  # fmt: skip
+    ) -> None:
         client_event_id = event.get("event_id") if event else None
         self._send(
             "error",
@@ -213,13 +220,21 @@ class Conversation:
         if item.get("type") == "message":
             allowed = ITEM_CONTENT_TYPES.get(role)  # type: ignore[arg-type]
             if allowed is None:
-                self.error("invalid_value", f"Invalid value: '{role}'. Supported values are: 'user', 'assistant', "
-                            "and 'system'.", event, "item.role")
+                self.error(
+                    "invalid_value",
+                    f"Invalid value: '{role}'. Supported values are: 'user', 'assistant', and 'system'.",
+                    event,
+                    "item.role",
+                )
                 return
             wrong = next((p.get("type") for p in parts if p.get("type") not in allowed), None)
             if wrong is not None or not parts:
-                self.error("invalid_value", f"Invalid value: '{wrong}'. A {role} message takes content of type "
-                            f"{', '.join(sorted(allowed))}.", event, "item.content")
+                self.error(
+                    "invalid_value",
+                    f"Invalid value: '{wrong}'. A {role} message takes content of type {', '.join(sorted(allowed))}.",
+                    event,
+                    "item.content",
+                )
                 return
         texts = [p["text"] for p in parts if p.get("type") == "input_text" and isinstance(p.get("text"), str)]
         if role == "user" and texts:
@@ -248,12 +263,15 @@ class Conversation:
     def _on_item_delete(self, event: dict) -> None:
         item_id = event.get("item_id")
         if self._items.pop(item_id, None) is None:  # type: ignore[arg-type]
-            self.error("item_delete_invalid_item_id", f"Error deleting item: the item with id '{item_id}' does not exist.", event)
+            self.error(
+                "item_delete_invalid_item_id",
+                f"Error deleting item: the item with id '{item_id}' does not exist.",
+                event,
+            )
             return
         if self._last_item_id == item_id:
             self._last_item_id = next(reversed(self._items), None)
         self._send("conversation.item.deleted", item_id=item_id)
-
 
     def hear(self, level: float, frame_ms: float) -> None:
         """Energy VAD: 200 ms loud opens a turn, `silence_duration_ms` quiet ends it; off if turn_detection is null."""
@@ -306,10 +324,16 @@ class Conversation:
         self._last_user_text = None
         self._send("input_audio_buffer.committed", item_id=item_id, previous_item_id=self._last_item_id)
         part: dict[str, Any] = {"type": "input_audio", "transcript": None}
-        self._add_item({
-            "id": item_id, "object": "realtime.item", "type": "message", "status": "completed", "role": "user",
-            "content": [part],
-        })  # fmt: skip
+        self._add_item(
+            {
+                "id": item_id,
+                "object": "realtime.item",
+                "type": "message",
+                "status": "completed",
+                "role": "user",
+                "content": [part],
+            }
+        )
         if _setting(self._session, "audio", "input", "transcription"):
             part["transcript"] = f"(emulator heard {seconds:.1f} s of speech)"
             where = {"item_id": item_id, "content_index": 0}
@@ -355,7 +379,8 @@ class Conversation:
         # Say so when a client replayed earlier replies, so a page can show that context survived a new call.
         memory = " I remember our conversation so far." if self._replayed_replies else ""
         response = _Response(
-            id=new_id("resp"), item_id=new_id("item"),
+            id=new_id("resp"),
+            item_id=new_id("item"),
             transcript=f"{heard}{memory} This is the local emulator, not Azure.",
         )
         self._response = response
@@ -439,9 +464,13 @@ class Conversation:
     def _assistant_item(self, response: _Response, status: str) -> dict:
         content = [{"type": "output_audio", "transcript": response.delivered}] if status != "in_progress" else []
         return {
-            "id": response.item_id, "object": "realtime.item", "type": "message", "status": status,
-            "role": "assistant", "content": content,
-        }  # fmt: skip
+            "id": response.item_id,
+            "object": "realtime.item",
+            "type": "message",
+            "status": status,
+            "role": "assistant",
+            "content": content,
+        }
 
     def _response_object(self, response: _Response, status: str, status_details: dict | None = None) -> dict:
         output_tokens = len(response.delivered.split())
@@ -453,7 +482,11 @@ class Conversation:
             "output": [] if status == "in_progress" else [self._assistant_item(response, _item_status(status))],
             "output_modalities": _setting(self._session, "output_modalities"),
             "audio": {"output": {"voice": _setting(self._session, "audio", "output", "voice")}},
-            "usage": None if status == "in_progress" else {
-                "total_tokens": 10 + output_tokens, "input_tokens": 10, "output_tokens": output_tokens,  # nominal
+            "usage": None
+            if status == "in_progress"
+            else {
+                "total_tokens": 10 + output_tokens,
+                "input_tokens": 10,
+                "output_tokens": output_tokens,  # nominal
             },
-        }  # fmt: skip
+        }

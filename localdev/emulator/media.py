@@ -17,9 +17,17 @@ FRAME_SAMPLES = 960  # 20 ms, what browsers and aiortc packetise Opus at
 TONE_AMPLITUDE = 0.3
 # A distinct pitch per voice, so a listener can tell that the session's voice reached the peer.
 VOICE_PITCH_HZ = {
-    "alloy": 220, "ash": 196, "ballad": 247, "coral": 294, "echo": 175,
-    "sage": 262, "shimmer": 330, "verse": 208, "marin": 277, "cedar": 185,
-}  # fmt: skip
+    "alloy": 220,
+    "ash": 196,
+    "ballad": 247,
+    "coral": 294,
+    "echo": 175,
+    "sage": 262,
+    "shimmer": 330,
+    "verse": 208,
+    "marin": 277,
+    "cedar": 185,
+}
 DEFAULT_PITCH_HZ = 240
 
 
@@ -74,5 +82,3 @@ class ToneTrack(MediaStreamTrack):
         frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
         self._sent += FRAME_SAMPLES
         return frame
-
-
