@@ -1,10 +1,15 @@
-"""Serves the browser client from `static/` with ETags, and refuses every way out of that folder."""
+"""Serves the browser client from `static/` with ETags, and refuses every way out of that folder.
+
+The folder is read once, when the app loads: deployed files never change under a running instance, a request
+never touches the disk (nothing blocks the event loop), and only names found in the folder can be served, so
+no spelling of a path can reach anything else. The local host swaps in a fresh index when files change.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import mimetypes
-import threading
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -25,70 +30,77 @@ _TYPES = {
     ".webmanifest": "application/manifest+json",
 }
 _TEXT = ("text/", "application/json", "application/manifest+json", "image/svg+xml")
-_NOT_FOUND = ApiError(404, "not_found", "No such page.")
-_MAX_PATH = 512  # far longer than any file in static/; longer paths only make the file system raise
+_MAX_PATH = 512  # far longer than any file in static/
+
+
+@dataclass(frozen=True)
+class _File:
+    body: bytes
+    etag: str
+    content_type: str
+
+
+def _not_found() -> ApiError:
+    """A fresh error per refusal: raising one shared instance again grows its traceback on every request."""
+    return ApiError(404, "not_found", "No such page.")
 
 
 class StaticFiles:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
-        self._cache: dict[Path, tuple[float, bytes, str]] = {}
-        self._lock = threading.Lock()
+        self.files = index(self.root)
+
+    def refresh(self) -> None:
+        """Reads the folder again (the local host calls it when a file changed); one assignment swaps the index."""
+        self.files = index(self.root)
 
     def serve(self, req: func.HttpRequest, path: str) -> func.HttpResponse:
-        try:
-            file = self._resolve(path)
-            body, etag = self._read(file)
-        except ApiError as error:
-            return error_response(error)
-        content_type = (
-            _TYPES.get(file.suffix.lower()) or mimetypes.guess_type(file.name)[0] or "application/octet-stream"
-        )
-        if content_type.startswith(_TEXT):
-            content_type += "; charset=utf-8"
+        file = self.files.get(_name(path)) if len(path) <= _MAX_PATH else None
+        if file is None:
+            return error_response(_not_found())
         headers = {
-            "Content-Type": content_type,
-            "ETag": etag,
+            "Content-Type": file.content_type,
+            "ETag": file.etag,
             "Cache-Control": "no-cache",
             "X-Content-Type-Options": "nosniff",
             # Public files: other origins import realtime-session.js / realtime-voice.js as ES modules.
             "Access-Control-Allow-Origin": "*",
         }
-        if etag in (tag.strip() for tag in req.headers.get("if-none-match", "").split(",")):
+        if file.etag in (tag.strip() for tag in req.headers.get("if-none-match", "").split(",")):
             return func.HttpResponse(status_code=304, headers=headers)
         if req.method == "HEAD":
-            headers["Content-Length"] = str(len(body))
+            headers["Content-Length"] = str(len(file.body))
             return func.HttpResponse(status_code=200, headers=headers)
-        return func.HttpResponse(body, status_code=200, headers=headers)
+        return func.HttpResponse(file.body, status_code=200, headers=headers)
 
-    def _resolve(self, path: str) -> Path:
-        """Decode until stable so double-encoded dots and slashes cannot hide, then allow only plain names."""
-        if len(path) > _MAX_PATH:
-            raise _NOT_FOUND
-        decoded, previous = path, None
-        while decoded != previous:
-            previous, decoded = decoded, unquote(decoded)
-        parts = decoded.split("/") if decoded else []
-        if any(not part or part.startswith(".") or "\\" in part or ":" in part or "\0" in part for part in parts):
-            raise _NOT_FOUND  # also an absolute path: its first part is empty
-        try:
-            file = (self.root / decoded).resolve() if decoded else self.root
-            if file.is_dir():
-                file = file / "index.html"
-            if not file.is_relative_to(self.root) or not file.is_file():
-                raise _NOT_FOUND
-        except (OSError, ValueError):  # a name the file system refuses is no page either
-            raise _NOT_FOUND from None
-        return file
 
-    def _read(self, file: Path) -> tuple[bytes, str]:
-        mtime = file.stat().st_mtime
-        with self._lock:
-            cached = self._cache.get(file)
-            if cached and cached[0] == mtime:
-                return cached[1], cached[2]
+def _name(path: str) -> str:
+    """The index key a URL path names: decoded until stable (double-encoded dots and slashes cannot hide), a
+    folder meaning its index.html. Whatever this yields, only names found in the folder match."""
+    decoded, previous = path, None
+    while decoded != previous:
+        previous, decoded = decoded, unquote(decoded)
+    return decoded + "index.html" if not decoded or decoded.endswith("/") else decoded
+
+
+def index(root: Path) -> dict[str, _File]:
+    """Every plain file under `root` (no hidden names, nothing a link leads out to), keyed by its path relative
+    to it, '/'-separated; a folder's index.html is also the page of the folder's own name."""
+    root = root.resolve()
+    files: dict[str, _File] = {}
+    for file in sorted(root.rglob("*")):
+        relative = file.relative_to(root)
+        hidden = any(part.startswith(".") for part in relative.parts)
+        if hidden or not file.is_file() or not file.resolve().is_relative_to(root):
+            continue
         body = file.read_bytes()
-        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-        with self._lock:
-            self._cache[file] = (mtime, body, etag)
-        return body, etag
+        content_type = (
+            _TYPES.get(file.suffix.lower()) or mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+        )
+        if content_type.startswith(_TEXT):
+            content_type += "; charset=utf-8"
+        entry = _File(body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"', content_type)
+        files[relative.as_posix()] = entry
+        if file.name == "index.html" and relative.parent != Path():
+            files[relative.parent.as_posix()] = entry
+    return files

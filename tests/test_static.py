@@ -105,3 +105,27 @@ def test_page_and_head_over_http(live) -> None:
     head = requests.head(live.url + "/app.js", timeout=5)
     assert head.status_code == 200 and head.content == b""
     assert int(head.headers["Content-Length"]) == len(requests.get(live.url + "/app.js", timeout=5).content)
+
+
+def test_the_folder_is_read_once_so_no_request_touches_the_disk(tmp_path) -> None:
+    from realtime_proxy.static_files import StaticFiles
+
+    (tmp_path / "index.html").write_text("<html>first</html>")
+    files = StaticFiles(tmp_path)
+    (tmp_path / "index.html").unlink()  # gone from the disk: served from memory all the same
+    (tmp_path / "late.js").write_text("export {}")
+    page = files.serve(request(method="GET"), "")
+    assert (page.status_code, page.get_body()) == (200, b"<html>first</html>")
+    assert files.serve(request(method="GET"), "late.js").status_code == 404, "only what was there at load"
+    files.refresh()  # what the local host does when a file changes
+    assert files.serve(request(method="GET"), "late.js").status_code == 200
+    assert files.serve(request(method="GET"), "").status_code == 404
+
+
+def test_a_link_out_of_the_folder_is_not_served(tmp_path) -> None:
+    from realtime_proxy.static_files import StaticFiles
+
+    (tmp_path / "secret.txt").write_text("outside")
+    (tmp_path / "static").mkdir()
+    (tmp_path / "static" / "leak.txt").symlink_to(tmp_path / "secret.txt")
+    assert StaticFiles(tmp_path / "static").serve(request(method="GET"), "leak.txt").status_code == 404
