@@ -23,11 +23,12 @@ import aiohttp
 import azure.functions as func
 from requests_toolbelt import MultipartEncoder
 
+from bench.load import offer_sdp
 from localdev.fake_openai import FakeAzureOpenAI
 from realtime_proxy.service import RealtimeProxy
 
 KEY = "bench-key"
-OFFER = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n"
+OFFER = offer_sdp()  # a browser-shaped offer, ICE credentials included
 
 
 async def through_function(proxy: RealtimeProxy, count: int) -> float:

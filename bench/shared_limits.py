@@ -23,13 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import azure.functions as func
 
+from bench.load import offer_sdp
 from localdev.azurite import Azurite
 from localdev.fake_openai import FakeAzureOpenAI
 from realtime_proxy.service import RealtimeProxy
 from realtime_proxy.tables import StorageTable
 
 KEY = "bench-key"
-OFFER = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n"
+OFFER = offer_sdp()  # a browser-shaped offer, ICE credentials included
 LIMITS = {
     "RATE_LIMIT_PER_MINUTE": "100000",
     "RATE_LIMIT_BURST": "100000",

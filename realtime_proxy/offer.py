@@ -22,7 +22,10 @@ FIELDS = ("sdp", "voice", "instructions")
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
 # An offer as browsers write it: printable ASCII lines, `v=0` first, an audio section. Anything else (a NUL, an
 # escape sequence, exotic line breaks) is refused here, before the service can refuse it at the owner's cost.
-# static/openapi.json states the same pattern (a test holds them equal).
+# static/openapi.json states this and the ICE rule below as one pattern (tests/test_contract.py holds them equivalent).
+# Without its ICE credentials no service can connect to the browser (nor can the emulator answer the offer).
+ICE_UFRAG = re.compile(r"^a=ice-ufrag:[\x21-\x7e]", re.MULTILINE)
+ICE_PWD = re.compile(r"^a=ice-pwd:[\x21-\x7e]", re.MULTILINE)
 SDP_OFFER = re.compile(r"v=0\r?\n(?:[\t\x20-\x7e]*\r?\n)*m=audio[\t\x20-\x7e]*(?:\r?\n[\t\x20-\x7e]*)*\Z")
 
 
@@ -73,6 +76,13 @@ def _validated(fields: dict[str, str], policy: SessionPolicy, limits: Limits) ->
             400,
             "invalid_sdp",
             "The 'sdp' field is not an SDP offer: printable ASCII lines, v=0 first, an m=audio section.",
+        )
+    if not (ICE_UFRAG.search(sdp) and ICE_PWD.search(sdp)):
+        raise ApiError(
+            400,
+            "invalid_sdp",
+            "The SDP offer has no ICE credentials (a=ice-ufrag and a=ice-pwd): send the offer exactly as the "
+            "browser's createOffer() made it.",
         )
     voice = fields.get("voice") or policy.default_voice
     if voice not in policy.allowed_voices:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from localdev.fake_openai import Fault
+from realtime_proxy.errors import ApiError
+from realtime_proxy.offer import _validated
+from realtime_proxy.settings import Limits, SessionPolicy
 from tests.conftest import OFFER, multipart
 from tests.contract import SPEC, check, resolve
 
@@ -155,3 +161,44 @@ def test_real_responses_match_the_contract(live, fake) -> None:
     check("/config", "GET", config.status_code, config.headers["Content-Type"], config.content)
     served = requests.get(live.url + "/openapi.json", timeout=10)
     assert served.status_code == 200 and served.json() == SPEC
+
+
+SDP_LINES = st.sampled_from(
+    [
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111",
+        "a=ice-ufrag:Vx3e",
+        "a=ice-pwd:ybGX2sHa9mJ1Qe1YvR8b2T4v",
+        "a=ice-ufrag:",
+        "a=ice-pwd: x",
+        "a=mid:0",
+        "c=IN IP4 0.0.0.0",
+        "m=application 9 UDP/DTLS/SCTP webrtc-datachannel",
+        "",
+        "a=ice-ufrag:\u00e9",
+        "a=x\ty",
+        "m=audio\x00",
+    ]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    lines=st.lists(SDP_LINES, max_size=8),
+    newline=st.sampled_from(["\r\n", "\n"]),
+    first=st.sampled_from(["v=0", "v=1"]),
+)
+def test_the_published_offer_pattern_accepts_exactly_the_offers_the_app_accepts(
+    lines: list[str], newline: str, first: str
+) -> None:
+    """openapi.json's pattern for an offer and the app's own checks (shape, an audio section, ICE credentials)
+    agree on every offer, so a schema-valid offer is never refused and a refused one is never schema-valid."""
+    offer = newline.join([first, *lines]) + newline
+    schema = resolve(SPEC["paths"]["/connect"]["post"]["requestBody"]["content"]["application/sdp"]["schema"])
+    published = re.fullmatch(schema["pattern"].removeprefix("^").removesuffix("$"), offer) is not None
+    try:
+        _validated({"sdp": offer}, SessionPolicy(), Limits())
+        accepted = True
+    except ApiError as error:
+        assert error.code == "invalid_sdp"
+        accepted = False
+    assert published == accepted, offer
