@@ -1,9 +1,10 @@
 """Log lines that name the request they belong to and never carry a secret.
 
-Every module logs through `logger(__name__)`. Its filter runs after the message is formatted (exception
-text included), so no code path can log a credential by mistake: known secrets (the API key, tokens seen
-in this process) and secret-shaped text are redacted, and the request id from the route guard is appended
-so that the id a user quotes from an error leads to the log line.
+Every module logs through `logger(__name__)`, which installs a log record factory for the whole process: each
+record is formatted as it is made (exception text included), so no code path, the app's or a library's, can
+log a credential by mistake: known secrets (the API key, tokens seen in this process, the storage account key)
+and secret-shaped text are redacted, and the request id from the route guard is appended so that the id a
+user quotes from an error leads to the log line.
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ import logging
 import re
 import secrets
 import traceback
+from typing import Any
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 REDACTED = "[redacted]"
-_SHAPES = re.compile(r"(ek_[A-Za-z0-9_-]+|Bearer\s+\S+|eyJ[A-Za-z0-9_.-]{20,})")
+# Ephemeral secrets, bearer and storage shared-key auth, JWTs, SAS signatures, account keys in connection strings.
+_SHAPES = re.compile(
+    r"(ek_[A-Za-z0-9_-]+|(?:Bearer|SharedKey)\s+\S+|eyJ[A-Za-z0-9_.-]{20,}|\bsig=[^&\s\"']+|AccountKey=[^;\s\"']+)"
+)
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
 _KEEP = 16  # the API key, or the latest Entra tokens (one an hour): few, so the set stays small
 _known: dict[str, None] = {}
@@ -45,23 +50,38 @@ def new_request_id(traceparent: str | None) -> str:
     return secrets.token_hex(16)
 
 
-class _Redactor(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        if record.exc_info:
-            text += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
-            record.exc_info = None  # exporters would otherwise render the exception again, unredacted
-        record.msg = f"{redact(text)} [request_id={REQUEST_ID.get()}]"
-        record.args = None
-        record.exc_text = None
-        return True
+def _scrubbed(record: logging.LogRecord) -> logging.LogRecord:
+    """Formats the message now (exception text included), redacted, and names the request it belongs to."""
+    text = record.getMessage()
+    if record.exc_info:
+        text += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        record.exc_info = None  # exporters would otherwise render the exception again, unredacted
+    request_id = REQUEST_ID.get()
+    record.msg = redact(text) + (f" [request_id={request_id}]" if request_id != "-" else "")
+    record.args = None
+    record.exc_text = None
+    return record
 
 
-_FILTER = _Redactor()
+def install() -> None:
+    """Every record of the process passes here before any handler sees it, whoever logs it: this app, the Azure
+    SDK (azure.core's HTTP logging, azure-identity, azure-data-tables), aiohttp. A logger filter would not do:
+    it runs only for records logged on that very logger, not on its children."""
+    global _installed
+    if _installed:
+        return
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        return _scrubbed(previous(*args, **kwargs))
+
+    logging.setLogRecordFactory(factory)
+    _installed = True
+
+
+_installed = False
 
 
 def logger(name: str) -> logging.Logger:
-    log = logging.getLogger(name)
-    if _FILTER not in log.filters:
-        log.addFilter(_FILTER)
-    return log
+    install()
+    return logging.getLogger(name)
