@@ -33,13 +33,14 @@ async def hang_up_preflight(req: func.HttpRequest) -> func.HttpResponse:
     return await proxy.hang_up_preflight(req)
 
 
-# Routes starting with "admin" belong to the Functions host; the kill switch needs a function (or admin) key.
-@app.route(route="operator/pause", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+# Routes starting with "admin" belong to the Functions host. The operator's routes take the admin (master) key
+# only: a function key may be embedded in public pages (CONNECT_AUTH_LEVEL=function), so it must not pause the app.
+@app.route(route="operator/pause", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
 async def pause(req: func.HttpRequest) -> func.HttpResponse:
     return await proxy.pause(req)
 
 
-@app.route(route="operator/resume", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@app.route(route="operator/resume", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
 async def resume(req: func.HttpRequest) -> func.HttpResponse:
     return await proxy.resume(req)
 

@@ -9,14 +9,20 @@ With no storage account (AzureWebJobsStorage empty or `UseDevelopmentStorage=tru
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
 import secrets
 import threading
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .azurite import Azurite, AzuriteUnavailable
+
+if TYPE_CHECKING:
+    from realtime_proxy.static_files import StaticFiles
 
 log = logging.getLogger("localdev")
 TOP = Path(__file__).resolve().parent.parent
@@ -59,6 +65,23 @@ def start_storage() -> Azurite | None:
     return azurite
 
 
+def watch_static(files: StaticFiles, every: float = 1.0) -> None:
+    """The app reads static/ once, as a deployed instance should; while developing, a changed file is served at
+    once: the index is read again whenever a file's modification time or the set of files changes."""
+
+    def state() -> list[tuple[str, int]]:
+        return sorted((str(path), path.stat().st_mtime_ns) for path in files.root.rglob("*") if path.is_file())
+
+    seen = state()
+    while True:
+        time.sleep(every)
+        now = state()
+        if now != seen:
+            seen = now
+            files.refresh()
+            log.info("static/ changed: serving the new files")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
@@ -84,12 +107,15 @@ def main() -> None:
 
     from .host import serve
 
-    server = serve(app, args.host, args.port, os.environ.get("LOCAL_FUNCTION_KEY") or None)
+    keys = (os.environ.get("LOCAL_FUNCTION_KEY") or None, os.environ.get("LOCAL_ADMIN_KEY") or None)
+    server = serve(app, args.host, args.port, *keys)
     print(f"Serving on http://{args.host}:{server.server_port}/", flush=True)
+    threading.Thread(target=watch_static, args=(proxy.files,), name="static-watch", daemon=True).start()
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
         server.shutdown()
+        asyncio.run_coroutine_threadsafe(proxy.aclose(), server.app.loop).result(timeout=10)  # type: ignore[attr-defined]
     finally:
         if storage:
             storage.stop()

@@ -140,8 +140,11 @@ def _error(status: int, code: str, message: str, request_id: str, headers: Mappi
 
 
 class FunctionsHost:
-    def __init__(self, app: func.FunctionApp, prefix: str, function_key: str | None = None) -> None:
+    def __init__(
+        self, app: func.FunctionApp, prefix: str, function_key: str | None = None, admin_key: str | None = None
+    ) -> None:
         self.function_key = function_key
+        self.admin_key = admin_key
         registered = app.get_functions()  # may be called once per app
         self.functions = {function.name: function for function in _functions(registered, prefix)}
         self.allowed: dict[str, set[str]] = {}  # per route path, every method some function takes there
@@ -191,14 +194,8 @@ class FunctionsHost:
         except HTTPException:
             return Response(status=404)
         function = self.functions[name]
-        if (
-            function.auth_level == "function"
-            and self.function_key
-            and self.function_key
-            not in (
-                request.args.get("code"),
-                request.headers.get("x-functions-key"),
-            )
+        if not self._authorised(
+            function.auth_level, request.args.get("code") or request.headers.get("x-functions-key")
         ):
             return Response(status=401)
         try:
@@ -219,6 +216,14 @@ class FunctionsHost:
         if not isinstance(result, func.HttpResponse):
             raise TypeError(f"function {function.name} returned {type(result).__name__}, not func.HttpResponse")
         return result
+
+    def _authorised(self, level: str, key: str | None) -> bool:
+        """As on Azure: an admin route takes only the admin (master) key; a function route takes a function key or
+        the admin key. Like `func start`, nothing is demanded while neither local key is set."""
+        if level == "anonymous" or not (self.function_key or self.admin_key):
+            return True
+        accepted = {self.admin_key} if level == "admin" else {self.function_key, self.admin_key}
+        return key is not None and key in accepted - {None}
 
     @staticmethod
     def _request(request: Request, route_params: dict[str, str], body: bytes) -> func.HttpRequest:
@@ -260,14 +265,18 @@ class _AccessLog(WSGIRequestHandler):
 
 
 def serve(
-    app: func.FunctionApp, host: str = "127.0.0.1", port: int = 7071, function_key: str | None = None
+    app: func.FunctionApp,
+    host: str = "127.0.0.1",
+    port: int = 7071,
+    function_key: str | None = None,
+    admin_key: str | None = None,
 ) -> BaseWSGIServer:
     """Starts serving in a daemon thread and returns the server (its port, shutdown(), and `.app.close()`)."""
     top = Path(__file__).resolve().parent.parent
     server = make_server(
         host,
         port,
-        FunctionsHost(app, route_prefix(top / "host.json"), function_key),
+        FunctionsHost(app, route_prefix(top / "host.json"), function_key, admin_key),
         threaded=True,
         request_handler=_AccessLog,
     )

@@ -1,4 +1,5 @@
-"""`POST /connect`: check the caller, read the offer, mint an ephemeral secret, exchange the offer, answer SDP."""
+"""`POST /connect`: check the caller, read the offer, admit it, mint an ephemeral secret, exchange the offer, record
+the call, answer SDP. One deadline (CONNECT_DEADLINE_SECONDS) bounds all of it, storage included."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from .admission import Admission
 from .calls import CALL_TOKEN
 from .cors import OriginPolicy
 from .errors import ApiError, error_response
+from .ledger import Ledger
 from .logs import logger
 from .offer import Offer, read_offer
 from .policy import session_config
@@ -20,6 +22,7 @@ from .telemetry import NoTelemetry, Record, Telemetry
 from .upstream import Call, Upstream
 
 log = logger(__name__)
+RESERVE_SECONDS = 2.0  # at most this much of the deadline is kept for recording the call
 
 
 class ConnectHandler:
@@ -30,6 +33,7 @@ class ConnectHandler:
         origins: OriginPolicy,
         limiter: RateLimiter,
         admission: Admission,
+        ledger: Ledger,
         telemetry: Telemetry | NoTelemetry,
     ) -> None:
         self.settings = settings
@@ -37,10 +41,12 @@ class ConnectHandler:
         self.origins = origins
         self.limiter = limiter
         self.admission = admission
+        self.ledger = ledger
         self.telemetry = telemetry
 
     async def __call__(self, req: func.HttpRequest) -> func.HttpResponse:
         cors: dict[str, str] = {}
+        deadline = asyncio.get_running_loop().time() + self.settings.limits.deadline_seconds
         with self.telemetry.connect(req, self.settings.deployment) as record:
             try:
                 cors = self.origins.check(req)
@@ -53,32 +59,51 @@ class ConnectHandler:
                 self.limiter.check(req)
                 offer = read_offer(req, self.settings.policy, self.settings.limits)
                 record.offer(offer)
-                return record.done(await self._admitted(req, self.upstream, offer, cors, record), "ok")
+                return record.done(await self._admitted(req, self.upstream, offer, cors, record, deadline), "ok")
             except ApiError as error:
                 log.info("connect refused: %s %s", error.status, error.code)
                 return record.done(error_response(error, cors), error.code)
 
     async def _admitted(
-        self, req: func.HttpRequest, upstream: Upstream, offer: Offer, cors: dict[str, str], record: Record
+        self,
+        req: func.HttpRequest,
+        upstream: Upstream,
+        offer: Offer,
+        cors: dict[str, str],
+        record: Record,
+        deadline: float,
     ) -> func.HttpResponse:
         """The shared limits admit the connect before anything goes upstream; the ledger then learns the call
-        (or frees the session slot it held), and the caller gets its capability to end the call early."""
-        ticket = await self.admission.admit(client_ip(req), req.headers.get("origin", "")[:200], offer.voice)
+        (or frees the session slot it held), and the caller gets its capability to end the call early. Admission
+        and the upstream leave a reserve of the deadline for recording the call (and, failing that, ending it)."""
+        loop = asyncio.get_running_loop()
+        upstream_by = deadline - min(RESERVE_SECONDS, self.settings.limits.deadline_seconds / 5)
         try:
-            response, call = await self._exchange(upstream, offer, cors, record)
+            async with asyncio.timeout_at(upstream_by):
+                ticket = await self.admission.admit(client_ip(req), req.headers.get("origin", "")[:200], offer.voice)
+        except TimeoutError:
+            log.warning("connect deadline passed while the limits storage was asked")
+            raise ApiError(
+                503,
+                "limits_unavailable",
+                "The app's limits storage did not answer in time; try again shortly.",
+                {"Retry-After": "5"},
+            ) from None
+        try:
+            response, call = await self._exchange(upstream, offer, cors, record, upstream_by)
         except BaseException:
-            await asyncio.shield(self.admission.release(ticket))
+            release = asyncio.ensure_future(self.ledger.release(ticket))  # finishes behind the answer if it must
+            await asyncio.wait({release}, timeout=max(0.0, deadline - loop.time()))
             raise
-        await self.admission.confirm(ticket, call.call_id)
+        await self.ledger.confirm(ticket, call.call_id, deadline)
         response.headers[CALL_TOKEN] = ticket.token
         return response
 
     async def _exchange(
-        self, upstream: Upstream, offer: Offer, cors: dict[str, str], record: Record
+        self, upstream: Upstream, offer: Offer, cors: dict[str, str], record: Record, deadline: float
     ) -> tuple[func.HttpResponse, Call]:
-        """Everything upstream, token included, runs under one deadline: whatever the resource or the identity
+        """Everything upstream, token included, runs under the deadline: whatever the resource or the identity
         endpoint does (stall, drip one byte at a time), the caller has an answer by then."""
-        deadline = asyncio.get_running_loop().time() + self.settings.limits.deadline_seconds
         stage = "credential"
         started = time.perf_counter()
         try:

@@ -1,15 +1,18 @@
-"""How the function app proves itself to the Azure OpenAI resource: an API key, or an Entra token.
+"""How the function app proves itself to Azure: an API key for Azure OpenAI, or the process's one Entra identity.
 
-One credential object lives per process so azure-identity's token cache is reused, and concurrent
-connects share one token request (single flight): N first connects on a cold identity cost one request.
+`Identity` is the single azure-identity credential of the process (DefaultAzureCredential, async), shared by
+every Azure client the app builds (Azure OpenAI tokens, Table Storage): one token cache, one set of sockets,
+closed once. azure-identity takes a few hundred ms to import, so it is imported on a worker thread and the
+event loop only ever awaits that import; it never blocks on it. Concurrent connects share one Azure OpenAI
+token request (single flight): N first connects on a cold identity cost one request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-import threading
-from typing import TYPE_CHECKING, Protocol
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import ApiError
 from .logs import logger, remember_secret
@@ -27,18 +30,60 @@ _UNAVAILABLE = (
 )
 
 
+class Identity:
+    """The process's Entra identity: service principal, workload identity, managed identity (user-assigned via
+    AZURE_CLIENT_ID), then developer logins. It is also an `AsyncTokenCredential`, so Azure SDK clients take
+    it as their credential and share its cache."""
+
+    def __init__(self, client_id: str | None) -> None:
+        self._client_id = client_id
+        self._loading: Future[AsyncTokenCredential] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    def load(self) -> None:
+        """Starts importing azure-identity on a thread (once); callable from any thread, loop or none."""
+        if self._loading is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="identity-import")
+            self._loading = self._executor.submit(self._create)
+            self._executor.shutdown(wait=False)
+
+    def _create(self) -> AsyncTokenCredential:
+        from azure.identity.aio import DefaultAzureCredential
+
+        return DefaultAzureCredential(managed_identity_client_id=self._client_id)
+
+    async def credential(self) -> AsyncTokenCredential:
+        self.load()
+        assert self._loading is not None
+        return await asyncio.wrap_future(self._loading)
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        """The `AsyncTokenCredential` protocol, for Azure SDK clients (Table Storage)."""
+        token = await (await self.credential()).get_token(*scopes, **kwargs)
+        remember_secret(token.token)
+        return token
+
+    async def close(self) -> None:
+        if self._loading is not None and self._loading.done() and not self._loading.exception():
+            await self._loading.result().close()
+
+    async def __aenter__(self) -> Identity:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Azure SDK clients enter and exit their credential with themselves; the process owns this one."""
+
+
 class Credentials(Protocol):
     kind: str
 
     async def headers(self) -> dict[str, str]:
-        """Auth headers for the resource; raises ApiError when no credential can be had."""
+        """Auth headers for the Azure OpenAI resource; raises ApiError when no credential can be had."""
         ...
 
     def warm(self) -> None:
         """Starts fetching what the first connect will need, without waiting for it."""
         ...
-
-    async def aclose(self) -> None: ...
 
 
 class ApiKeyCredentials:
@@ -54,23 +99,17 @@ class ApiKeyCredentials:
     def warm(self) -> None:
         pass
 
-    async def aclose(self) -> None:
-        pass
-
 
 class EntraCredentials:
-    """DefaultAzureCredential (async): service principal, workload identity, managed identity (user-assigned
-    via AZURE_CLIENT_ID), then developer logins. Imported on first use so key-based apps never load it."""
+    """Bearer tokens for Azure OpenAI from the process's `Identity`."""
 
     kind = "entra"
 
-    def __init__(self, client_id: str | None, timeout: float) -> None:
-        self._client_id = client_id
+    def __init__(self, identity: Identity, timeout: float) -> None:
+        self._identity = identity
         self._timeout = timeout
-        self._credential: AsyncTokenCredential | None = None
         self._flight: asyncio.Future[AccessToken] | None = None
         self._warming: asyncio.Task[None] | None = None
-        self._creating = threading.Lock()
 
     async def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {await self.token()}"}
@@ -84,8 +123,9 @@ class EntraCredentials:
         return (await asyncio.shield(flight)).token
 
     def warm(self) -> None:
-        """Fetch the first token in the background when the app loads inside the worker's event loop, so the
-        first connect after a cold start does not also wait for the identity endpoint."""
+        """Starts the import at once and, when the app loads inside the worker's event loop, fetches the first
+        token in the background, so the first connect after a cold start waits for neither."""
+        self._identity.load()
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -94,8 +134,6 @@ class EntraCredentials:
 
     async def _warm(self) -> None:
         try:
-            # Importing azure-identity takes a few hundred ms: done on a thread, so the worker serves meanwhile.
-            await asyncio.get_running_loop().run_in_executor(None, self._get)
             await self.token()
         except ApiError as error:
             log.warning("credential warm-up failed: %s", error.code)
@@ -105,7 +143,7 @@ class EntraCredentials:
 
         try:
             async with asyncio.timeout(self._timeout):
-                token = await self._get().get_token(SCOPE)
+                token = await self._identity.get_token(SCOPE)
         except TimeoutError:
             log.warning("the identity endpoint did not answer within %.1f s", self._timeout)
             raise ApiError(
@@ -117,21 +155,4 @@ class EntraCredentials:
         if not PLAIN_TOKEN.fullmatch(token.token):
             log.warning("the identity endpoint returned a token that is not a plain token")
             raise ApiError(503, "credential_unavailable", "The identity endpoint returned a malformed token.")
-        remember_secret(token.token)
         return token
-
-    async def aclose(self) -> None:
-        if self._credential:
-            await self._credential.close()
-
-    def _get(self) -> AsyncTokenCredential:
-        with self._creating:  # the warm-up thread and a first connect may both get here
-            if self._credential is None:
-                from azure.identity.aio import DefaultAzureCredential
-
-                self._credential = DefaultAzureCredential(managed_identity_client_id=self._client_id)
-            return self._credential
-
-
-def credentials_for(api_key: str | None, client_id: str | None, timeout: float) -> Credentials:
-    return ApiKeyCredentials(api_key) if api_key else EntraCredentials(client_id, timeout)

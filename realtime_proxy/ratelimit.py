@@ -1,17 +1,18 @@
-"""A token bucket per client address, so one caller cannot mint sessions without bound.
+"""A token bucket per client address on each instance: a cheap first guard against a burst, before storage is asked.
 
-The key is the address the platform vouches for, nothing the client picks: an `Origin` or host spelling
-would hand one address a fresh bucket per spelling.
-
-State lives in this process only: with several instances each enforces its own limit (see README for
-what to put in front when scaled out).
+The app-wide limits per client (a window per minute, session caps) are the shared ones in
+realtime_proxy/admission.py; this bucket only stops one caller from spending an instance's time.
+The key is the address the platform vouches for, in one spelling per client, nothing the client picks: an
+`Origin`, a host or an address spelling would hand one caller a fresh bucket per spelling.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import threading
 import time
+from collections.abc import Callable
 
 import azure.functions as func
 
@@ -21,7 +22,7 @@ _MAX_KEYS = 10_000
 
 
 class RateLimiter:
-    def __init__(self, per_minute: float, burst: int, clock=time.monotonic) -> None:
+    def __init__(self, per_minute: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = per_minute / 60.0
         self.burst = float(burst)
         self.clock = clock
@@ -60,10 +61,22 @@ class RateLimiter:
 
 
 def client_ip(req: func.HttpRequest) -> str:
-    """The address the platform front end appended last to X-Forwarded-For; earlier entries are the
-    client's own claims and cannot be trusted. (Under `func start` there is no front end: see README.)"""
+    """The address the platform front end appended last to X-Forwarded-For; earlier entries are the client's own
+    claims and cannot be trusted. One spelling per client: IPv4-mapped IPv6 is its IPv4 address, and an IPv6
+    client is its /64 (one subscriber line gets a whole /64, so single addresses would be free to rotate).
+    (Under `func start` there is no front end: see README.)"""
     forwarded = req.headers.get("x-forwarded-for", "")
     last = forwarded.rsplit(",", 1)[-1].strip()
     if last.startswith("["):
-        return last[1:].split("]", 1)[0]
-    return last.split(":", 1)[0] if last.count(":") == 1 else last or "unknown"
+        last = last[1:].split("]", 1)[0]
+    elif last.count(":") == 1:
+        last = last.split(":", 1)[0]
+    try:
+        address = ipaddress.ip_address(last.split("%", 1)[0])
+    except ValueError:
+        return last[:64] or "unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
+    return str(address)

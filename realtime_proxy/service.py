@@ -1,13 +1,18 @@
-"""Builds everything a process needs once (settings, credential, pooled upstream) and hands out the handlers.
+"""The composition root: builds everything a process needs once and hands out the handlers.
+
+Only this module reads the environment (through settings and telemetry) and constructs collaborators: one
+credential shared by Azure OpenAI and storage, the pooled upstream with its telemetry hook, the tables, the
+admission and the ledger. Everything below takes what it needs as arguments.
 
 Every handler runs inside one guard: it names the request (an id in the `X-Request-Id` header, in every
-error body and in every log line) and turns anything unexpected into `500 internal_error` carrying that id,
-never a stack trace.
+error body and in every log line), answers an ApiError as its JSON refusal, storage trouble as
+`503 limits_unavailable`, and anything unexpected as `500 internal_error` carrying that id, never a trace.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from functools import wraps
 from pathlib import Path
@@ -18,15 +23,17 @@ from .admission import Admission
 from .calls import CallControl
 from .connect import ConnectHandler
 from .cors import OriginPolicy
-from .credentials import credentials_for
+from .credentials import ApiKeyCredentials, Credentials, EntraCredentials, Identity
 from .errors import ApiError, error_response, json_response
-from .logs import REQUEST_ID, logger, new_request_id
+from .ledger import Ledger
+from .logs import REQUEST_ID, logger, new_request_id, remember_secret
 from .policy import public_config
 from .ratelimit import RateLimiter
-from .settings import Settings, load_settings
+from .settings import Settings, SharedLimits, load_settings
 from .static_files import StaticFiles
-from .tables import table_for
+from .tables import MemoryTable, StorageTable, Table, Unavailable
 from .telemetry import NO_TELEMETRY, NoTelemetry, Telemetry, telemetry_from_environ
+from .upstream import Upstream
 
 STATIC_ROOT = Path(__file__).resolve().parent.parent / "static"
 RESERVED = {"connect": "POST, OPTIONS", "config": "GET", "operator/pause": "POST", "operator/resume": "POST"}
@@ -41,9 +48,20 @@ def guarded(handler: Handler) -> Handler:
         token = REQUEST_ID.set(request_id)
         try:
             response = await handler(req)
+        except ApiError as error:
+            response = error_response(error)
+        except Unavailable as error:
+            log.warning("%s %s: limits storage unavailable (%s)", req.method, _name(handler), error)
+            response = error_response(
+                ApiError(
+                    503,
+                    "limits_unavailable",
+                    "The app cannot reach its storage; try again shortly.",
+                    {"Retry-After": "5"},
+                )
+            )
         except Exception:
-            name = getattr(handler, "__name__", type(handler).__name__)  # ConnectHandler is an object, not a function
-            log.exception("unexpected failure in %s %s", req.method, name)
+            log.exception("unexpected failure in %s %s", req.method, _name(handler))
             response = error_response(ApiError(500, "internal_error", f"Something went wrong; quote {request_id}."))
         finally:
             REQUEST_ID.reset(token)
@@ -53,31 +71,46 @@ def guarded(handler: Handler) -> Handler:
     return run
 
 
+def _name(handler: Handler) -> str:
+    return getattr(handler, "__name__", type(handler).__name__)  # ConnectHandler is an object, not a function
+
+
 class RealtimeProxy:
     def __init__(
         self, settings: Settings, static_root: Path = STATIC_ROOT, telemetry: Telemetry | NoTelemetry = NO_TELEMETRY
     ) -> None:
         self.settings = settings
-        upstream = None
+        self.identity = Identity(settings.managed_identity_client_id)
+        self.table = _table(settings.shared, self.identity)
+        self.upstream: Upstream | None = None
         if settings.configured:
-            credentials = credentials_for(
-                settings.api_key, settings.managed_identity_client_id, settings.limits.deadline_seconds
+            credentials: Credentials = (
+                ApiKeyCredentials(settings.api_key)
+                if settings.api_key
+                else EntraCredentials(self.identity, settings.limits.deadline_seconds)
             )
             credentials.warm()
-            upstream = telemetry.upstream(settings, credentials)
+            self.upstream = Upstream(settings, credentials, on_answer=telemetry.upstream_answered)
+        local = MemoryTable()
         self.origins = OriginPolicy(settings.allowed_origins)
         self.limiter = RateLimiter(settings.limits.rate_limit_per_minute, settings.limits.rate_limit_burst)
-        self.table = table_for(settings.shared, settings.managed_identity_client_id)
-        self.admission = Admission(self.table, settings.shared, settings.limits.rate_limit_per_minute)
-        self._connect = ConnectHandler(settings, upstream, self.origins, self.limiter, self.admission, telemetry)
-        self.calls = CallControl(self.admission, upstream, self.origins)
+        self.ledger = Ledger(
+            self.table, local, self._hangup, slots_freed=lambda slots: self.admission.slots_freed(slots)
+        )
+        self.admission = Admission(
+            self.table, local, self.ledger, settings.shared, settings.limits.rate_limit_per_minute
+        )
+        self._connect = ConnectHandler(
+            settings, self.upstream, self.origins, self.limiter, self.admission, self.ledger, telemetry
+        )
+        self.calls = CallControl(self.ledger, self.origins, settings.configured)
         self.files = StaticFiles(static_root)
         self.connect = guarded(self._connect)
         self.preflight = guarded(self._preflight)
         self.config = guarded(self._config)
         self.static = guarded(self._static)
         self.hang_up = guarded(self.calls.hang_up)
-        self.hang_up_preflight = guarded(self._hang_up_preflight)
+        self.hang_up_preflight = guarded(self._preflight)
         self.pause = guarded(self.calls.pause)
         self.resume = guarded(self.calls.resume)
         self.sweep = self.calls.sweep
@@ -88,19 +121,26 @@ class RealtimeProxy:
             else "per instance (no AzureWebJobsStorage): each instance enforces its own",
         )
 
+    async def _hangup(self, call_id: str) -> None:
+        if self.upstream is None:
+            raise ApiError(
+                503, "not_configured", "The function app is not configured; see /connect for what is missing."
+            )
+        await self.upstream.hangup(call_id)
+
     async def aclose(self) -> None:
-        if self._connect.upstream:
-            await self._connect.upstream.aclose()
+        """What a worker does as it shuts down: end local work, close sockets, close the one credential."""
+        await self.ledger.aclose()
+        if self.upstream:
+            await self.upstream.aclose()
         await self.table.aclose()
+        await self.identity.close()
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str] | None = None) -> RealtimeProxy:
         return cls(load_settings(env), telemetry=telemetry_from_environ(os.environ if env is None else env))
 
     async def _preflight(self, req: func.HttpRequest) -> func.HttpResponse:
-        return self.origins.preflight(req)
-
-    async def _hang_up_preflight(self, req: func.HttpRequest) -> func.HttpResponse:
         return self.origins.preflight(req)
 
     async def _config(self, req: func.HttpRequest) -> func.HttpResponse:
@@ -117,5 +157,19 @@ class RealtimeProxy:
         path = req.route_params.get("path", "") or ""
         allow = RESERVED.get(path.strip("/").lower())
         if allow:
-            return error_response(ApiError(405, "method_not_allowed", f"Use {allow} here.", {"Allow": allow}))
+            raise ApiError(405, "method_not_allowed", f"Use {allow} here.", {"Allow": allow})
         return self.files.serve(req, path)
+
+
+def _table(shared: SharedLimits, identity: Identity) -> Table:
+    """The shared table when the app has a storage account (AzureWebJobsStorage, by connection string or by
+    identity, as the Functions host reads it), else one in this process."""
+    if shared.storage:
+        key = re.search(r"AccountKey=([^;]+)", shared.storage)
+        if key:
+            remember_secret(key.group(1))
+        return StorageTable(shared.table, connection=shared.storage)
+    if shared.storage_endpoint:
+        identity.load()
+        return StorageTable(shared.table, endpoint=shared.storage_endpoint, credential=identity)
+    return MemoryTable()

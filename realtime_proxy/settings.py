@@ -244,7 +244,7 @@ def _read_limits(read: _Reader) -> Limits:
 def _read_shared(read: _Reader) -> SharedLimits:
     """AzureWebJobsStorage as the Functions host reads it: a connection string (UseDevelopmentStorage=true is
     Azurite), or identity-based `__accountName` / `__tableServiceUri`."""
-    storage = read.text("AzureWebJobsStorage")
+    storage = _storage_connection(read)
     account = read.token("AzureWebJobsStorage__accountName")
     endpoint = read.token("AzureWebJobsStorage__tableServiceUri") or (
         f"https://{account}.table.core.windows.net" if account else None
@@ -259,6 +259,24 @@ def _read_shared(read: _Reader) -> SharedLimits:
         max_session_seconds=int(read.number("REALTIME_MAX_SESSION_SECONDS", 0, 10, 3600, off=0)),
         fail_mode=read.choice("LIMITS_FAIL_MODE", "closed", ("closed", "open")),
     )
+
+
+def _storage_connection(read: _Reader) -> str | None:
+    """A connection string the storage SDK can use, checked here so a malformed one is `not_configured` like any
+    other setting instead of an error at import that would take the whole app (the page included) down."""
+    value = read.token("AzureWebJobsStorage")
+    if value is None or value.rstrip(";").lower() == "usedevelopmentstorage=true":
+        return value
+    pairs = dict(part.split("=", 1) for part in value.split(";") if "=" in part)
+    keyed = pairs.get("AccountName") and re.fullmatch(r"[A-Za-z0-9+/]+={0,2}", pairs.get("AccountKey", ""))
+    signed = pairs.get("SharedAccessSignature") and (pairs.get("AccountName") or pairs.get("TableEndpoint"))
+    if all("=" in part for part in value.split(";") if part) and (keyed or signed):
+        return value
+    read.problems.append(
+        "AzureWebJobsStorage is not a storage connection string (AccountName and AccountKey, a SharedAccessSignature, "
+        "or UseDevelopmentStorage=true)"
+    )
+    return None
 
 
 def _table_name(read: _Reader) -> str:

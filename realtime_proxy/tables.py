@@ -11,13 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar
-
-from .logs import remember_secret
-from .settings import SharedLimits
 
 T = TypeVar("T")
 PARTITION = "limits"
@@ -115,6 +111,7 @@ class StorageTable:
     def __init__(
         self, table: str, connection: str | None = None, endpoint: str | None = None, credential: object = None
     ) -> None:
+        """By connection string, or by the account's table endpoint and the process's identity."""
         from azure.data.tables.aio import TableClient
 
         options = {
@@ -201,19 +198,3 @@ class StorageTable:
 def _row(entity: Mapping[str, object]) -> Row:
     props = {key: value for key, value in entity.items() if key not in ("PartitionKey", "RowKey")}
     return Row(str(entity["RowKey"]), props, str(getattr(entity, "metadata", {}).get("etag", "")))
-
-
-def table_for(shared: SharedLimits, client_id: str | None) -> Table:
-    """The shared table when the app has a storage account (AzureWebJobsStorage, by connection string or by
-    identity, as the Functions host reads it), else one in this process."""
-    if shared.storage:
-        key = re.search(r"AccountKey=([^;]+)", shared.storage)
-        if key:
-            remember_secret(key.group(1))
-        return StorageTable(shared.table, connection=shared.storage)
-    if shared.storage_endpoint:
-        from azure.identity.aio import DefaultAzureCredential
-
-        credential = DefaultAzureCredential(managed_identity_client_id=client_id)
-        return StorageTable(shared.table, endpoint=shared.storage_endpoint, credential=credential)
-    return MemoryTable()

@@ -20,11 +20,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import azure.functions as func
 
-from .credentials import Credentials
 from .logs import REQUEST_ID, logger
 from .offer import Offer
-from .settings import Settings
-from .upstream import Answer, Call, Upstream
+from .upstream import Answer, Call
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -108,8 +106,8 @@ class NoTelemetry:
     def connect(self, req: func.HttpRequest, deployment: str) -> AbstractContextManager[Record]:
         return nullcontext(self._record)
 
-    def upstream(self, settings: Settings, credentials: Credentials) -> Upstream:
-        return Upstream(settings, credentials)
+    def upstream_answered(self, answer: Answer) -> None:
+        pass
 
 
 NO_TELEMETRY = NoTelemetry()
@@ -176,12 +174,10 @@ class Telemetry:
             _RECORD.reset(current)
             context.detach(token)
 
-    def upstream(self, settings: Settings, credentials: Credentials) -> Upstream:
+    def upstream_answered(self, answer: Answer) -> None:
         """Notes every Azure OpenAI answer's status on the running connect, retries included, before it becomes
-        a result or an ApiError that no longer carries the status."""
-        return Upstream(
-            settings, credentials, on_answer=lambda answer: (_RECORD.get() or _NO_RECORD).upstream_answered(answer)
-        )
+        a result or an ApiError that no longer carries the status (Upstream's `on_answer` hook)."""
+        (_RECORD.get() or _NO_RECORD).upstream_answered(answer)
 
     def stage_span(self, name: str, parent: Span) -> Span:
         from opentelemetry import trace

@@ -109,7 +109,6 @@ class Upstream:
     async def aclose(self) -> None:
         if self._session:
             await self._session.close()
-        await self.credentials.aclose()
 
     async def mint_secret(self, session_config: dict, auth: dict[str, str], deadline: float) -> str:
         """POST /realtime/client_secrets; retried once on a dropped connection or a 502/503, never more."""

@@ -21,10 +21,19 @@ from tests.contract import check
 from tests.identity_endpoint import IdentityEndpoint
 
 API_KEY = "test-key-5f2b9c0e8d7a41c3b6e0f9a2d4c8e1b7"
+# A browser's offer as createOffer() makes it (audio and the data channel, ICE credentials, DTLS fingerprint):
+# the emulator's real WebRTC peer answers it, as the service would.
+_ICE = (
+    "a=ice-ufrag:Vx3e\r\na=ice-pwd:ybGX2sHa9mJ1Qe1YvR8b2T4v\r\na=ice-options:trickle\r\na=fingerprint:sha-256 "
+    "5F:2B:9C:0E:8D:7A:41:C3:B6:E0:F9:A2:D4:C8:E1:B7:5F:2B:9C:0E:8D:7A:41:C3:B6:E0:F9:A2:D4:C8:E1:B7\r\na=setup:actpass\r\n"
+)
 OFFER = (
     "v=0\r\no=- 7614219274584779017 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n"
-    "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendrecv\r\na=rtpmap:111 opus/48000/2\r\n"
-    "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\n"
+    "a=msid-semantic: WMS\r\n"
+    "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\n" + _ICE + "a=mid:0\r\n"
+    "a=sendrecv\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n"
+    "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\n" + _ICE + "a=mid:1\r\n"
+    "a=sctp-port:5000\r\na=max-message-size:262144\r\n"
 )
 CREDENTIAL_ENV = (
     "AZURE_TENANT_ID",
@@ -87,9 +96,11 @@ class Driven:
 
     def __init__(self, proxy: RealtimeProxy) -> None:
         Driven.made.append(proxy)
+        self.proxy = proxy  # its async handlers, for tests that drive them on the worker loop themselves
         self.settings = proxy.settings
         self.limiter = proxy.limiter
         self.admission = proxy.admission
+        self.ledger = proxy.ledger
         self.hang_up = on_worker_loop(proxy.hang_up)
         self.pause = on_worker_loop(proxy.pause)
         self.resume = on_worker_loop(proxy.resume)

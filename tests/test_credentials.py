@@ -51,3 +51,51 @@ def test_an_api_key_wins_over_managed_identity(fake, identity) -> None:
     assert make_proxy(fake).connect(offer_request()).status_code == 201
     assert identity.requests == []
     assert "api-key" in fake.requests[0].headers
+
+
+IMPORT_WATCH = """
+import asyncio, sys, threading
+imported_on = []
+
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "azure.identity":
+            imported_on.append(threading.current_thread().name)
+        return None
+
+sys.meta_path.insert(0, Watch())
+
+async def main():
+    from realtime_proxy.service import RealtimeProxy
+    env = {"AZURE_OPENAI_BASE_URL": sys.argv[1], "AzureWebJobsStorage__accountName": "acct"}
+    proxy = RealtimeProxy.from_environ(env)  # the worker imports function_app.py inside its running loop
+    loop_thread = threading.current_thread().name
+    for _ in range(500):  # the loop keeps running while azure-identity loads
+        await asyncio.sleep(0.01)
+        if imported_on:
+            break
+    await asyncio.sleep(0.1)
+    shared = proxy.table._client.credential is proxy.identity
+    await proxy.aclose()
+    print(imported_on, loop_thread, shared)
+
+asyncio.run(main())
+"""
+
+
+def test_one_identity_serves_azure_openai_and_storage_and_loads_off_the_event_loop(fake) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = subprocess.run(
+        [sys.executable, "-c", IMPORT_WATCH, fake.url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert run.returncode == 0, run.stderr
+    imported_on, loop_thread, shared = run.stdout.strip().rsplit(" ", 2)
+    assert imported_on.startswith("['identity-import"), f"azure.identity was imported on {imported_on}"
+    assert loop_thread == "MainThread" and shared == "True", "storage uses the process's one credential"

@@ -5,11 +5,18 @@ processes); here every rule is shown on one instance, with a clock the test move
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import pytest
+import requests
 
-from tests.conftest import error_of, make_proxy, offer_request, request
+from tests.conftest import API_KEY, OFFER, WORKER_LOOP, LocalHost, error_of, make_proxy, offer_request, request
+
+T = TypeVar("T")
 
 CLIENT = {"x-forwarded-for": "203.0.113.7"}
 
@@ -90,8 +97,8 @@ def test_the_timer_hangs_up_calls_past_their_length_once(fake) -> None:
     live = connect(proxy)
     assert live.status_code == 201
     assert proxy.sweep() == {"ended": 0, "failed": 0, "released": 0, "deleted": 0}, "not yet"
-    now = proxy.admission.clock()
-    proxy.admission.clock = lambda: now + 61
+    now = proxy.ledger.clock()
+    proxy.ledger.clock = lambda: now + 61
     assert proxy.sweep()["ended"] == 1
     call_id = live.headers["Location"].rsplit("/", 1)[-1]
     assert [r.endpoint for r in fake.requests].count("hangup") == 1 and fake.calls[call_id] == "ended"
@@ -104,10 +111,11 @@ def test_a_failed_hang_up_is_retried_on_the_next_run(fake) -> None:
 
     proxy = make_proxy(fake, REALTIME_MAX_SESSION_SECONDS="60")
     assert connect(proxy).status_code == 201
-    now = proxy.admission.clock()
-    proxy.admission.clock = lambda: now + 61
+    now = proxy.ledger.clock()
+    proxy.ledger.clock = lambda: now + 61
     fake.fail_next("hangup", Fault(status=503))
     assert proxy.sweep()["failed"] == 1
+    proxy.ledger.clock = lambda: now + 61 + 60  # the next run, a minute later
     assert proxy.sweep()["ended"] == 1
 
 
@@ -116,7 +124,7 @@ def test_the_kill_switch_ends_every_call_and_refuses_new_ones(fake) -> None:
     calls = [connect(proxy, {"x-forwarded-for": f"198.51.100.{n}"}) for n in range(3)]
     assert {c.status_code for c in calls} == {201}
     paused = proxy.pause(request(method="POST", url="http://localhost:7071/operator/pause"))
-    assert json.loads(paused.get_body()) == {"paused": True, "callsEnded": 3}
+    assert json.loads(paused.get_body()) == {"paused": True, "callsEnded": 3, "callsFailing": 0}
     assert sorted(fake.calls.values()) == ["ended"] * 3
     refused = connect(proxy)
     assert (refused.status_code, error_of(refused)["code"]) == (503, "service_paused")
@@ -130,3 +138,136 @@ def test_limit_settings_are_validated(fake, name: str) -> None:
     response = connect(make_proxy(fake, **{name: "-3"}))
     assert (response.status_code, error_of(response)["code"]) == (503, "not_configured")
     assert name in error_of(response)["message"]
+
+
+def run_together(*coroutines: Coroutine[Any, Any, T]) -> list[T]:
+    """Runs handlers concurrently on the worker's event loop, as simultaneous requests to one instance are."""
+
+    async def together() -> list[T]:
+        return list(await asyncio.gather(*coroutines))
+
+    return asyncio.run_coroutine_threadsafe(together(), WORKER_LOOP).result()
+
+
+def hang_up_request(response, token: str | None = None):
+    call_id = response.headers["Location"].rsplit("/", 1)[-1]
+    return request(
+        method="POST",
+        url=f"http://localhost:7071/calls/{call_id}/hangup",
+        headers={"x-call-token": token if token is not None else response.headers["X-Call-Token"]},
+        route_params={"call_id": call_id},
+    )
+
+
+def test_ten_simultaneous_hang_ups_with_one_token_hang_up_once(fake) -> None:
+    proxy = make_proxy(fake, MAX_ACTIVE_SESSIONS="1")
+    live = connect(proxy)
+    answers = run_together(*(proxy.proxy.hang_up(hang_up_request(live)) for _ in range(10)))
+    assert {answer.status_code for answer in answers} == {200}
+    assert len(fake.calls_to("hangup")) == 1, "one upstream hang-up is enough"
+    assert connect(proxy).status_code == 201, "and the slot is free"
+
+
+def test_a_malformed_call_token_is_the_same_404_as_a_wrong_one(fake) -> None:
+    proxy = make_proxy(fake)
+    live = connect(proxy)
+    ledger_id = live.headers["X-Call-Token"].split(".")[0]
+    for token in ("a" * 4096, f"{ledger_id}.{'A' * 33}", f"{ledger_id}.{'A' * 31}", f"{ledger_id.upper()}.{'A' * 32}"):
+        refused = hang_up(proxy, live, token)
+        assert (refused.status_code, error_of(refused, None)["code"]) == (404, "call_not_found"), token[:40]
+    assert fake.calls_to("hangup") == []
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("2001:db8::1", "2001:DB8:0:0:0:0:0:1"), ("203.0.113.9", "::ffff:203.0.113.9"), ("2001:db8::1", "2001:db8::2")],
+)
+def test_spellings_of_one_client_share_its_limits(fake, first: str, second: str) -> None:
+    proxy = make_proxy(fake, MAX_ACTIVE_SESSIONS_PER_CLIENT="1")
+    assert connect(proxy, {"x-forwarded-for": first}).status_code == 201
+    refused = connect(proxy, {"x-forwarded-for": second})
+    assert (refused.status_code, error_of(refused)["code"]) == (429, "too_many_sessions")
+
+
+def test_a_session_cap_refusal_says_how_long_honestly_even_under_a_burst(fake) -> None:
+    proxy = make_proxy(
+        fake, MAX_ACTIVE_SESSIONS="2", MAX_ACTIVE_SESSIONS_PER_CLIENT="1", REALTIME_MAX_SESSION_SECONDS="60"
+    )
+    answers = run_together(
+        *(proxy.proxy.connect(offer_request(headers={"x-forwarded-for": f"198.51.100.{n}"})) for n in range(40))
+    )
+    refused = [answer for answer in answers if answer.status_code == 429]
+    assert len(refused) == 38 and all(error_of(answer)["code"] == "too_many_sessions" for answer in refused)
+    waits = sorted(int(answer.headers["Retry-After"]) for answer in refused)
+    assert waits[0] >= 1 and waits[-1] <= 60, f"a session ends within 60 s, yet Retry-After said {waits[-1]}"
+
+
+def test_failed_hang_ups_stop_no_other_and_are_retried_while_paused(fake) -> None:
+    from localdev.fake_openai import Fault
+
+    proxy = make_proxy(fake)
+    for n in range(3):
+        assert connect(proxy, {"x-forwarded-for": f"198.51.100.{n}"}).status_code == 201
+    fake.fail_next("hangup", Fault(status=503), times=4)  # all three hang-ups fail, then the first retry
+    paused = proxy.pause(request(method="POST", url="http://localhost:7071/operator/pause"))
+    assert json.loads(paused.get_body()) == {"paused": True, "callsEnded": 2, "callsFailing": 1}
+    assert sorted(fake.calls.values()) == ["ended", "ended", "live"], "a failure stopped none of the other retries"
+    now = proxy.ledger.clock()
+    proxy.ledger.clock = lambda: now + 60  # the next sweep, a minute later
+    assert proxy.sweep()["ended"] == 1 and sorted(fake.calls.values()) == ["ended"] * 3
+
+
+def test_a_connect_in_flight_when_the_pause_lands_is_hung_up_not_answered(fake) -> None:
+    from localdev.fake_openai import Fault
+
+    proxy = make_proxy(fake)
+    fake.fail_next("calls", Fault(status=None, delay=1.0))  # the call is being created as the operator pauses
+    in_flight = asyncio.run_coroutine_threadsafe(proxy.proxy.connect(offer_request()), WORKER_LOOP)
+    wait_for(lambda: fake.calls_to("calls"), "the connect to reach /calls")
+    paused = proxy.pause(request(method="POST", url="http://localhost:7071/operator/pause"))
+    answer = in_flight.result(timeout=30)
+    assert (answer.status_code, error_of(answer)["code"]) == (503, "service_paused")
+    assert list(fake.calls.values()) == ["ended"], "the call it made was hung up"
+    assert json.loads(paused.get_body())["paused"] is True
+
+
+def test_the_operator_routes_take_the_admin_key_never_a_function_key(fake) -> None:
+    host = LocalHost(
+        {
+            "AZURE_OPENAI_BASE_URL": fake.url,
+            "AZURE_OPENAI_API_KEY": API_KEY,
+            "LOCAL_FUNCTION_KEY": "page-key-1234",
+            "LOCAL_ADMIN_KEY": "master-key-5678",
+            "CONNECT_AUTH_LEVEL": "function",
+        }
+    )
+    try:
+        pause = host.url + "/operator/pause"
+        assert requests.post(pause, headers={"x-functions-key": "page-key-1234"}, timeout=30).status_code == 401
+        assert requests.post(pause, params={"code": "page-key-1234"}, timeout=30).status_code == 401
+        assert requests.post(pause, timeout=30).status_code == 401
+        assert requests.post(pause, headers={"x-functions-key": "master-key-5678"}, timeout=30).json()["paused"] is True
+        connect_url = host.url + "/connect"
+        body = {"data": OFFER, "headers": {"Content-Type": "application/sdp", "x-functions-key": "page-key-1234"}}
+        assert requests.post(connect_url, timeout=30, **body).status_code == 503, "paused, for the page's key too"
+    finally:
+        host.close()
+
+
+def test_malformed_storage_settings_are_not_configured_and_the_page_still_serves(fake) -> None:
+    proxy = make_proxy(fake, AzureWebJobsStorage="DefaultEndpointsProtocol=https;AccountName=x;AccountKey=not base64!")
+    refused = connect(proxy)
+    assert (refused.status_code, error_of(refused)["code"]) == (503, "not_configured")
+    assert "AzureWebJobsStorage" in error_of(refused)["message"] and "not base64" not in error_of(refused)["message"]
+    page = proxy.static(request(method="GET", url="http://localhost:7071/", route_params={"path": ""}))
+    assert page.status_code == 200
+    for route in (proxy.pause, proxy.resume):
+        answer = route(request(method="POST", url="http://localhost:7071/operator/pause"))
+        assert (answer.status_code, error_of(answer, None)["code"]) == (503, "not_configured")
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)

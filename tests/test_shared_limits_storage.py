@@ -65,7 +65,7 @@ def test_storage_going_away_is_a_clear_503_and_recovers_with_nothing_lost(fake, 
     azurite.azurite.start()
     assert closed.connect(offer_request()).status_code == 201, "recovers when storage returns"
     ledger_id = before.headers["X-Call-Token"].split(".")[0]
-    row = asyncio.run_coroutine_threadsafe(closed.admission.table.get(f"call-{ledger_id}"), WORKER_LOOP).result()
+    row = asyncio.run_coroutine_threadsafe(closed.ledger.table.get(f"call-{ledger_id}"), WORKER_LOOP).result()
     assert (
         row is not None
         and row.props["status"] == "live"

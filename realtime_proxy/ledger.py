@@ -1,0 +1,412 @@
+"""The ledger of calls, and ending calls from the server: the caller's End, the session length, the kill switch.
+
+Rows (one partition, realtime_proxy/tables.py):
+- `call-{id}`: one per admitted connect: status, call id, client, origin, voice, start, planned end, the hash
+  of the caller's capability, the session slots it holds. Status goes `starting` (admitted, nothing upstream
+  yet) → `live` (the call exists) → `ending` (one ender has claimed it) → `ended`; or `starting` → `failed`
+  (the connect failed) or `cancelled` (the operator paused while it was in flight).
+- `control`: the kill switch.
+
+A call is ended exactly once: whoever ends it (the caller, the sweep on any instance, the kill switch) first
+claims its row with a write conditional on the row's ETag, and only the winner hangs up. A claim whose
+hang-up failed goes stale and is claimed again by the next sweep, so every live call is retried until it ends.
+
+When the shared table cannot be written (an outage under LIMITS_FAIL_MODE=open, or a call that could be
+neither recorded nor hung up), the call is kept in this process's own table and this process ends it
+itself, at its planned end; it moves to the shared table as soon as storage answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import math
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from .errors import ApiError
+from .logs import logger
+from .tables import Conflict, Op, Row, Table, Unavailable
+
+log = logger(__name__)
+Hangup = Callable[[str], Awaitable[None]]
+PAUSE_CACHE_SECONDS = 2.0  # how stale an instance's view of the kill switch may be
+SERVICE_LIMIT_SECONDS = 3600  # the service ends sessions at 60 minutes; a session counts as live until then
+KEEP_ENDED_SECONDS = 86400
+ABANDONED_SECONDS = 300  # a row still `starting` this long after its connect began belongs to a lost instance
+STALE_CLAIM_SECONDS = 30  # a claim older than this failed to hang up (or its instance died): claim it again
+LOCAL_RETRY_SECONDS = 5.0
+TOKEN = re.compile(r"([0-9a-f]{16})\.([A-Za-z0-9_-]{32})")  # `{ledger id}.{secret}`, exactly as Ticket makes it
+OVER = ("ended", "failed", "cancelled")
+
+
+@dataclass
+class Ticket:
+    """One admitted connect: its ledger row and the session slots it holds, in the table that recorded them."""
+
+    id: str
+    secret: str
+    start: float
+    end: float
+    table: Table
+    who: dict[str, object] = field(default_factory=dict)  # client, origin, voice: recorded once, kept on every write
+    ledger_etag: str = ""
+    slots: dict[str, str] = field(default_factory=dict)  # live slot row -> its ETag
+
+    @classmethod
+    def new(cls, now: float, length: float, table: Table, who: dict[str, object]) -> Ticket:
+        return cls(secrets.token_hex(8), secrets.token_urlsafe(24), now, now + length, table, who)
+
+    @property
+    def token(self) -> str:
+        """The caller's capability to end this call early: unguessable, and useless for any other call."""
+        return f"{self.id}.{self.secret}"
+
+    @property
+    def key(self) -> str:
+        return f"call-{self.id}"
+
+
+def paused_error() -> ApiError:
+    return ApiError(
+        503, "service_paused", "The operator has paused new conversations; try again later.", {"Retry-After": "60"}
+    )
+
+
+class Ledger:
+    def __init__(
+        self,
+        table: Table,
+        local: Table,
+        hangup: Hangup,
+        slots_freed: Callable[[dict[str, str]], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.table = table
+        self.local = local  # this process's own table: calls only this instance can end (see the module doc)
+        self.hangup = hangup
+        self.slots_freed = slots_freed  # admission's hint that those session slots are free again
+        self.clock = clock
+        self._paused: tuple[float, bool] = (-math.inf, False)
+        self._enforcing: dict[str, asyncio.Task[None]] = {}  # local call row -> the task that ends it here
+        self._reconciling: asyncio.Task[None] | None = None
+
+    # -- a connect's rows --------------------------------------------------------------------------------------
+
+    def opening(self, ticket: Ticket) -> Op:
+        return Op("create", ticket.key, self._props(ticket, "starting", None))
+
+    async def confirm(self, ticket: Ticket, call_id: str | None, deadline: float) -> None:
+        """The call exists: the row gets its id, so the server can end it later. If the operator cancelled the
+        row meanwhile, or the row cannot be written before the deadline, the new call is hung up at once (a
+        call nobody can end must not run) and the caller gets a 503."""
+        live = Op("replace", ticket.key, self._props(ticket, "live", call_id), ticket.ledger_etag)
+        loop = asyncio.get_running_loop()
+        record_by = deadline - min(2.0, (deadline - loop.time()) / 2)  # the rest is for hanging up
+        backoff = 0.1
+        while True:
+            try:
+                async with asyncio.timeout_at(record_by):
+                    [ticket.ledger_etag] = await ticket.table.transact([live])
+                if ticket.table is self.local:
+                    self._enforce_here(ticket.key)
+                return
+            except Conflict:
+                row = await _quietly(ticket.table.get(ticket.key))
+                cancelled = row is not None and row.props.get("status") == "cancelled"
+                log.warning(
+                    "call %s: its ledger row changed while connecting (%s)",
+                    call_id,
+                    "paused" if cancelled else "conflict",
+                )
+                await self._abandon(ticket, call_id, deadline)
+                raise paused_error() if cancelled else _unrecorded() from None
+            except (Unavailable, TimeoutError) as error:
+                if loop.time() + backoff < record_by:
+                    log.warning("call %s: recording it failed (%s); retrying", call_id, type(error).__name__)
+                    await asyncio.sleep(backoff)
+                    backoff *= 2
+                    continue
+                log.error("call %s could not be recorded before the deadline: ending it", call_id)
+                await self._abandon(ticket, call_id, deadline)
+                raise _unrecorded() from None
+
+    async def release(self, ticket: Ticket) -> None:
+        """The connect failed: its session slots are free again at once (its rate slots stay spent)."""
+        failed = Op("replace", ticket.key, self._props(ticket, "failed", None), ticket.ledger_etag)
+        try:
+            await ticket.table.transact([failed, *self._free(ticket.slots)])
+        except (Conflict, Unavailable) as error:  # the sweep frees an abandoned row's slots later
+            log.warning("could not release the session slots of %s: %s", ticket.id, error)
+
+    async def _abandon(self, ticket: Ticket, call_id: str | None, deadline: float) -> None:
+        """Hangs up a call the ledger does not hold; if even that fails, this process keeps it and retries."""
+        if call_id is None:
+            log.error("a call without an id escaped the ledger (connect %s)", ticket.id)
+            return
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self.hangup(call_id)
+            return
+        except (ApiError, TimeoutError):
+            log.error("call %s: could not hang it up yet; this instance retries until it ends", call_id)
+        kept = self._props(ticket, "live", call_id) | {"end": self.clock(), "slots": "{}", "reason": "unrecorded"}
+        await self.local.transact([Op("upsert", ticket.key, kept)])
+        self._enforce_here(ticket.key)
+
+    # -- ending calls ------------------------------------------------------------------------------------------
+
+    async def hang_up_for_caller(self, call_id: str, token: str) -> bool:
+        """Ends the call if `token` is the capability issued with it; False for any other call or token (a
+        malformed token never reaches storage)."""
+        match = TOKEN.fullmatch(token)
+        if not match:
+            return False
+        ledger_id, secret = match.groups()
+        found = await self._find(f"call-{ledger_id}")
+        if found is None:
+            return False
+        table, row = found
+        if row.props.get("call") != call_id or not hmac.compare_digest(
+            str(row.props.get("capability")), _digest(secret)
+        ):
+            return False
+        if row.props.get("status") == "live":
+            await self._end_call(table, row, "user")
+        return True
+
+    async def _find(self, key: str) -> tuple[Table, Row] | None:
+        """The row in the shared table or, for a call admitted while storage was away, in this process's."""
+        try:
+            row = await self.table.get(key)
+            if row is not None:
+                return self.table, row
+        except Unavailable:
+            row = await self.local.get(key)
+            if row is None:
+                raise
+            return self.local, row
+        row = await self.local.get(key)
+        return (self.local, row) if row is not None else None
+
+    async def sweep(self) -> dict[str, int]:
+        """The timer's job, safe to run on every instance at once: ends calls past their planned end (and every
+        live call while paused), retries hang-ups that failed, releases connects an instance abandoned, and
+        deletes rows nobody needs any more."""
+        now = self.clock()
+        paused = await self.paused()
+        done = {"ended": 0, "failed": 0, "released": 0, "deleted": 0}
+        due: list[tuple[Row, str]] = []
+        for row in await self.table.rows("call-"):
+            status, end = row.props.get("status"), _number(row.props.get("end"))
+            if status == "live" and (paused or end <= now):
+                due.append((row, "operator" if paused else "time_limit"))
+            elif status == "ending" and _number(row.props.get("claimed")) < now - STALE_CLAIM_SECONDS:
+                due.append((row, str(row.props.get("reason") or "time_limit")))
+            elif status == "starting" and _number(row.props.get("start")) < now - ABANDONED_SECONDS:
+                done["released"] += await self._close_row(self.table, row, "failed", "abandoned")
+            elif status in OVER and end < now - KEEP_ENDED_SECONDS:
+                done["deleted"] += await self._delete([row])
+        ended, failed = await self._end_calls(self.table, due)
+        done["ended"], done["failed"] = ended, failed
+        window = int(now // 60)
+        done["deleted"] += await self._delete(await self.table.rows("rate-", below=f"rate-{window - 1:010d}"))
+        return done
+
+    async def _end_calls(self, table: Table, due: list[tuple[Row, str]]) -> tuple[int, int]:
+        """Ends calls a few at a time (fast for many calls, gentle on the resource); one failure stops none of
+        the others. Returns (ended here, failed)."""
+        ended = failed = 0
+        for start in range(0, len(due), 20):
+            chunk = due[start : start + 20]
+            results = await asyncio.gather(
+                *(self._end_call(table, row, why) for row, why in chunk), return_exceptions=True
+            )
+            for (row, _), result in zip(chunk, results, strict=True):
+                if isinstance(result, BaseException):
+                    failed += 1
+                    if not isinstance(result, (ApiError, Unavailable)):
+                        log.error("ending call %s failed unexpectedly: %r", row.props.get("call"), result)
+                else:
+                    ended += result
+        return ended, failed
+
+    async def _end_call(self, table: Table, row: Row, reason: str) -> bool:
+        """Claims the row, hangs up, marks it ended and frees its session slots. False when another ender holds
+        the claim; raises ApiError (the row stays claimed, to be retried) when the hang-up fails."""
+        now = self.clock()
+        claim = {**row.props, "status": "ending", "reason": reason, "claimed": now}
+        try:
+            [etag] = await table.transact([Op("replace", row.key, claim, row.etag)])
+        except Conflict:
+            return False
+        call_id = str(row.props.get("call") or "")
+        try:
+            if call_id:
+                await self.hangup(call_id)
+        except ApiError as error:
+            log.warning("hang-up of %s failed (%s); it is retried", call_id, error.code)
+            raise
+        log.info("call %s ended (%s)", call_id, reason)
+        await self._close_row(table, Row(row.key, claim, etag), "ended", reason)
+        return True
+
+    async def _close_row(self, table: Table, row: Row, status: str, reason: str) -> bool:
+        """Marks a row over and frees its session slots; a slot already taken over is left to its new owner."""
+        closed = Op(
+            "replace", row.key, {**row.props, "status": status, "reason": reason, "ended": self.clock()}, row.etag
+        )
+        slots = json.loads(str(row.props.get("slots") or "{}"))
+        try:
+            await table.transact([closed, *self._free(slots)])
+        except Conflict as conflict:
+            if conflict.index == 0:
+                return False
+            await table.transact([closed])
+        return True
+
+    def _free(self, slots: dict[str, str]) -> list[Op]:
+        self.slots_freed(slots)
+        return [Op("delete", key, etag=etag) for key, etag in slots.items()]
+
+    async def _delete(self, rows: list[Row]) -> int:
+        deleted = 0
+        for start in range(0, len(rows), 100):  # a transaction holds at most 100 operations
+            chunk = rows[start : start + 100]
+            with contextlib.suppress(Conflict):  # another instance's sweep is deleting them too
+                await self.table.transact([Op("delete", row.key, etag=row.etag) for row in chunk])
+                deleted += len(chunk)
+        return deleted
+
+    # -- the kill switch ---------------------------------------------------------------------------------------
+
+    async def paused(self) -> bool:
+        """The switch as this instance last read it, read again when older than PAUSE_CACHE_SECONDS."""
+        checked, paused = self._paused
+        if self.clock() - checked > PAUSE_CACHE_SECONDS:
+            row = await self.table.get("control")
+            paused = bool(row and row.props.get("paused"))
+            self._paused = (self.clock(), paused)
+        return paused
+
+    @property
+    def last_known_paused(self) -> bool:
+        """What the switch said when storage last answered: an outage does not unpause the app."""
+        return self._paused[1]
+
+    async def pause(self, paused: bool) -> tuple[int, int]:
+        """Refuses new connects on every instance and, when pausing, ends every call: those live now, those in
+        flight (their rows are cancelled, so their connects hang up what they made), and, after every
+        instance's view of the switch has caught up, those that slipped in meanwhile and those whose hang-up
+        failed. Returns (calls ended, hang-ups still failing: every sweep retries them while paused)."""
+        await self.table.transact([Op("upsert", "control", {"paused": paused, "at": self.clock()})])
+        self._paused = (self.clock(), paused)
+        if not paused:
+            return 0, 0
+        ended, _ = await self._end_everything(retry_claimed_before=self.clock())
+        await asyncio.sleep(PAUSE_CACHE_SECONDS)
+        more, failed = await self._end_everything(retry_claimed_before=self.clock())
+        if failed:
+            log.warning("pause: %d hang-ups failed; every sweep retries them while paused", failed)
+        return ended + more, failed
+
+    async def _end_everything(self, retry_claimed_before: float) -> tuple[int, int]:
+        due: list[tuple[Row, str]] = []
+        for row in await self.table.rows("call-"):
+            status = row.props.get("status")
+            if status == "starting" and not await self._close_row(self.table, row, "cancelled", "operator"):
+                row = await self.table.get(row.key) or row  # it went live meanwhile
+                status = row.props.get("status")
+            if status == "live" or (status == "ending" and _number(row.props.get("claimed")) < retry_claimed_before):
+                due.append((row, "operator"))
+        return await self._end_calls(self.table, due)
+
+    # -- calls this process keeps ------------------------------------------------------------------------------
+
+    def _enforce_here(self, key: str) -> None:
+        if key not in self._enforcing:
+            self._enforcing[key] = asyncio.ensure_future(self._end_here(key))
+
+    async def _end_here(self, key: str) -> None:
+        """Ends a call kept in this process's table at its planned end, retrying until the hang-up succeeds."""
+        try:
+            while (row := await self.local.get(key)) is not None and row.props.get("status") not in OVER:
+                wait = _number(row.props.get("end")) - self.clock()
+                if wait > 0:
+                    await asyncio.sleep(min(wait, 60))
+                    continue
+                with contextlib.suppress(ApiError):
+                    await self._end_call(self.local, row, str(row.props.get("reason") or "time_limit"))
+                    continue
+                await asyncio.sleep(LOCAL_RETRY_SECONDS)
+        finally:
+            self._enforcing.pop(key, None)
+
+    def reconcile_soon(self) -> None:
+        """Storage answers again: move the calls this process kept into the shared table, where the caller's
+        hang-up, the sweep and the kill switch of every instance find them."""
+        if self._enforcing and (self._reconciling is None or self._reconciling.done()):
+            self._reconciling = asyncio.ensure_future(self._reconcile())
+
+    async def _reconcile(self) -> None:
+        for row in await self.local.rows("call-"):
+            if row.props.get("status") in OVER:
+                continue
+            try:
+                await self.table.transact([Op("upsert", row.key, {**row.props, "slots": "{}"})])
+            except (Unavailable, Conflict):
+                return
+            task = self._enforcing.pop(row.key, None)
+            if task:
+                task.cancel()
+            with contextlib.suppress(Conflict):
+                await self.local.transact([Op("delete", row.key, etag=row.etag)])
+            log.info("call %s moved to the shared ledger", row.props.get("call"))
+
+    async def aclose(self) -> None:
+        for task in [*self._enforcing.values(), self._reconciling]:
+            if task is not None:
+                task.cancel()
+
+    def _props(self, ticket: Ticket, status: str, call_id: str | None) -> dict[str, object]:
+        props: dict[str, object] = {
+            "status": status,
+            "start": ticket.start,
+            "end": ticket.end,
+            "capability": _digest(ticket.secret),
+            "slots": json.dumps(ticket.slots),
+            **ticket.who,
+        }
+        if call_id is not None:
+            props["call"] = call_id
+        return props
+
+
+def _unrecorded() -> ApiError:
+    return ApiError(
+        503,
+        "limits_unavailable",
+        "The app could not record the call, so it ended it; try again shortly.",
+        {"Retry-After": "5"},
+    )
+
+
+async def _quietly(read: Awaitable[Row | None]) -> Row | None:
+    try:
+        return await read
+    except Unavailable:
+        return None
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, (int, float, str)) and value != "" else 0.0
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
