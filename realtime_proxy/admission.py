@@ -160,7 +160,7 @@ class Admission:
         takeover = self._takeover.pop(counter.key, None)
         slot = takeover[0] if takeover else self._next.get(counter.key, 1)
         if slot > counter.limit:
-            raise counter.refusal(now)
+            raise counter.refusal(self.clock())  # now: others' rows may end after this connect began
         if not takeover:
             self._next[counter.key] = slot + 1
         row = f"{counter.key}-{slot:06d}"
@@ -187,7 +187,7 @@ class Admission:
                 return
         self._next[counter.key] = counter.limit + 1
         self._free_at[counter.key] = min((_end(row.props) for row in held.values()), default=now + 60)
-        raise counter.refusal(now)
+        raise counter.refusal(self.clock())  # now: others' rows may end after this connect began
 
 
 def _end(props: dict[str, object]) -> float:

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import requests
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from localdev.fake_openai import Fault
@@ -182,6 +182,11 @@ SDP_LINES = st.sampled_from(
 
 
 @settings(max_examples=400, deadline=None)
+@example(
+    lines=["a=ice-ufrag:Vx3e", "m=audio 9 UDP/TLS/RTP/SAVPF 111", "a=ice-pwd:ybGX2sHa9mJ1Qe1YvR8b2T4v"],
+    newline="\r\n",
+    first="v=0",
+)
 @given(
     lines=st.lists(SDP_LINES, max_size=8),
     newline=st.sampled_from(["\r\n", "\n"]),
