@@ -77,7 +77,10 @@ threading.Thread(target=WORKER_LOOP.run_forever, name="worker-loop", daemon=True
 def on_worker_loop(
     handler: Callable[[func.HttpRequest], Awaitable[func.HttpResponse]],
 ) -> Callable[[func.HttpRequest], func.HttpResponse]:
-    return lambda req: asyncio.run_coroutine_threadsafe(handler(req), WORKER_LOOP).result()
+    async def run(req: func.HttpRequest) -> func.HttpResponse:
+        return await handler(req)  # a handler promises an awaitable; the loop takes only a coroutine
+
+    return lambda req: asyncio.run_coroutine_threadsafe(run(req), WORKER_LOOP).result()
 
 
 class Driven:

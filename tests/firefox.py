@@ -82,7 +82,8 @@ class Firefox:
         if time.monotonic() > deadline:
             self.close()
             raise RuntimeError("Firefox did not start BiDi in time:\n" + "".join(lines[-20:]))
-        threading.Thread(target=lambda: [None for _ in self._process.stderr], daemon=True).start()  # type: ignore[union-attr]
+        stderr = self._process.stderr
+        threading.Thread(target=lambda: [None for _ in stderr], daemon=True).start()
 
     async def _open(self, port: int) -> None:
         self._http = aiohttp.ClientSession()

@@ -166,7 +166,8 @@ def test_azurite_saves_its_data_and_exits_when_the_process_that_started_it_is_ki
         text=True,
         cwd=Path(__file__).resolve().parent.parent,
     )
-    port, connection_string = int(child.stdout.readline()), child.stdout.readline().strip()  # type: ignore[union-attr]
+    assert child.stdout is not None
+    port, connection_string = int(child.stdout.readline()), child.stdout.readline().strip()
 
     async def write() -> None:
         async with TableClient.from_connection_string(connection_string, "orphans") as table:

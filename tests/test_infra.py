@@ -177,8 +177,9 @@ def test_azure_yaml_deploys_this_folder_as_a_python_function_app():
     assert re.search(r"^\s+language: python$", text, re.M)
     assert re.search(r"^\s+project: \.$", text, re.M)
     site_tags = render(only(tree("modules/app.bicep"), "Microsoft.Web/sites")["tags"])
-    service = re.search(r"^services:\n\s+(\w+):", text, re.M).group(1)
-    assert f"'azd-service-name': {service}" in site_tags
+    service = re.search(r"^services:\n\s+(\w+):", text, re.M)
+    assert service, "azure.yaml lists no service"
+    assert f"'azd-service-name': {service.group(1)}" in site_tags
 
 
 # ---------------------------------------------------------------- identity and roles
