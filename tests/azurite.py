@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from localdev.azurite import EXECUTABLE, Azurite
+from localdev.azurite import PACKAGE, Azurite
 
 
 def require_azurite() -> None:
     """Skips the test only where `./dev` could not install Azurite (no node or npm): any other failure fails it."""
-    if not (shutil.which("node") and EXECUTABLE.exists()):
+    if not (shutil.which("node") and PACKAGE.exists()):
         pytest.skip("Azurite is not installed: `./dev test` installs it with npm ci (needs node and npm)")
 
 

@@ -175,7 +175,7 @@ def test_azurite_saves_its_data_and_exits_when_the_process_that_started_it_is_ki
             await table.create_entity({"PartitionKey": "p", "RowKey": "written-just-before"})
 
     asyncio.run(write())
-    child.kill()  # no cleanup of its own runs: the kernel tells Azurite (PR_SET_PDEATHSIG)
+    child.kill()  # no cleanup of its own runs: Azurite's stdin closes with it (azurite_stop_on_eof.cjs)
     child.wait()
     deadline = time.monotonic() + 15
     while not lock_free(tmp_path / "data"):  # Azurite holds its folder's lock until it has saved and exited
