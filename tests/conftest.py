@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import ClassVar
 
 import azure.functions as func
@@ -17,9 +20,14 @@ from localdev.azurite import Azurite
 from localdev.fake_openai import FakeAzureOpenAI
 from realtime_proxy.service import RealtimeProxy
 from tests.azurite import Storage, new_prefix, started
+from tests.child_process import ChildProcess
 from tests.contract import check
 from tests.identity_endpoint import IdentityEndpoint
 
+# The suite's rule for missing tools: a skip locally, a failed run in CI (REQUIRE_TEST_TOOLS=1).
+from tests.tools import pytest_make_collect_report, pytest_runtest_makereport, pytest_sessionstart  # noqa: F401
+
+ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "test-key-5f2b9c0e8d7a41c3b6e0f9a2d4c8e1b7"
 OFFER = (
     "v=0\r\no=- 7614219274584779017 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n"
@@ -160,53 +168,30 @@ def error_of(response: func.HttpResponse, path: str | None = "/connect", method:
 class LocalHost:
     """`python -m localdev` in its own process: the real function_app.py, served over HTTP like `func start`."""
 
-    def __init__(self, env: dict[str, str]) -> None:
-        import os
-        import subprocess
-        import sys
-        from pathlib import Path
+    # Importing the app takes about a second on a quiet machine; Azurite, when asked for, has 30 s of its own.
+    START_TIMEOUT = 60.0
 
+    def __init__(self, env: dict[str, str], start_timeout: float = START_TIMEOUT) -> None:
         full_env = {
             k: v for k, v in os.environ.items() if k not in CREDENTIAL_ENV and not k.startswith(("AZURE_", "REALTIME_"))
         }
         full_env.update(env)
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "localdev",
-                "--port",
-                "0",
-                *([] if "AzureWebJobsStorage" in env else ["--no-storage"]),
-            ],
-            cwd=Path(__file__).resolve().parent.parent,
+        storage = [] if "AzureWebJobsStorage" in env else ["--no-storage"]
+        self.child = ChildProcess(
+            [sys.executable, "-m", "localdev", "--port", "0", *storage],
+            ready="Serving on ",
+            timeout=start_timeout,
+            cwd=ROOT,
             env=full_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
         )
-        self.output: list[str] = []
-        for line in self.process.stdout:  # type: ignore[union-attr]
-            self.output.append(line)
-            if line.startswith("Serving on "):
-                self.url = line.split()[-1].rstrip("/")
-                break
-        else:
-            raise RuntimeError("local host did not start:\n" + "".join(self.output))
-        import threading
-
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self) -> None:
-        for line in self.process.stdout:  # type: ignore[union-attr]
-            self.output.append(line)
+        self.process = self.child.process
+        self.url = self.child.ready_line.split()[-1].rstrip("/")
 
     def log(self) -> str:
-        return "".join(self.output)
+        return self.child.output()
 
     def close(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
+        self.child.stop()
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import requests
 
 from localdev.emulator import PeerHost
 from localdev.fake_openai import FakeAzureOpenAI
+from tests import tools
 from tests.browser import serve_folder
 from tests.conftest import API_KEY, OFFER, LocalHost
 from tests.test_browser_e2e import browser, emulator, eventually, peers  # noqa: F401  (shared fixtures)
@@ -98,8 +99,7 @@ def test_a_refused_origin_is_still_refused_whatever_it_sends(cors_app, fake: Fak
 @pytest.fixture(scope="module")
 def sdk_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The SDK page, bundled from the npm package, served from its own origin."""
-    if not ESBUILD.exists():
-        pytest.skip("tests/agents_sdk/node_modules is missing: `./dev test` installs it with npm ci")
+    tools.agents_sdk.require()
     site = tmp_path_factory.mktemp("agents-sdk-site")
     shutil.copy(SDK_DIR / "index.html", site)
     subprocess.run(

@@ -18,13 +18,14 @@ import pytest
 
 from localdev.emulator import EmulatedPeer, PeerHost
 from localdev.fake_openai import FakeAzureOpenAI, Fault
+from tests import tools
 from tests.browser import CHROMIUM, launch_args, serve_folder, speech_like_wav
 from tests.conftest import API_KEY, LocalHost
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
 
-pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")]
+pytestmark = [pytest.mark.browser, tools.chromium.needed]
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 CONNECT_TIMEOUT_MS = 30_000  # the page itself gives up after 20 s
