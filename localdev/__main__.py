@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import secrets
-import threading
+import time
 from pathlib import Path
 
 from .azurite import Azurite, AzuriteUnavailable
@@ -87,7 +87,8 @@ def main() -> None:
     server = serve(app, args.host, args.port, os.environ.get("LOCAL_FUNCTION_KEY") or None)
     print(f"Serving on http://{args.host}:{server.server_port}/", flush=True)
     try:
-        threading.Event().wait()
+        while True:
+            time.sleep(3600)  # Ctrl-C interrupts a sleep on every OS; on Windows it cannot interrupt Event.wait()
     except KeyboardInterrupt:
         server.shutdown()
     finally:

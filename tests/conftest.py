@@ -165,6 +165,13 @@ def error_of(response: func.HttpResponse, path: str | None = "/connect", method:
     return json.loads(response.get_body())["error"]
 
 
+def app_env(**env: str) -> dict[str, str]:
+    """The environment of an app process a test starts: the developer's shell less any credential or Azure
+    setting, plus `env`."""
+    azure = ("AZURE_", "REALTIME_")
+    return {**{k: v for k, v in os.environ.items() if k not in CREDENTIAL_ENV and not k.startswith(azure)}, **env}
+
+
 class LocalHost:
     """`python -m localdev` in its own process: the real function_app.py, served over HTTP like `func start`."""
 
@@ -172,17 +179,13 @@ class LocalHost:
     START_TIMEOUT = 60.0
 
     def __init__(self, env: dict[str, str], start_timeout: float = START_TIMEOUT) -> None:
-        full_env = {
-            k: v for k, v in os.environ.items() if k not in CREDENTIAL_ENV and not k.startswith(("AZURE_", "REALTIME_"))
-        }
-        full_env.update(env)
         storage = [] if "AzureWebJobsStorage" in env else ["--no-storage"]
         self.child = ChildProcess(
             [sys.executable, "-m", "localdev", "--port", "0", *storage],
             ready="Serving on ",
             timeout=start_timeout,
             cwd=ROOT,
-            env=full_env,
+            env=app_env(**env),
         )
         self.process = self.child.process
         self.url = self.child.ready_line.split()[-1].rstrip("/")
