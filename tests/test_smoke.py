@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+import yaml
 
 from localdev.emulator import PeerHost
 from localdev.fake_openai import FakeAzureOpenAI
@@ -127,3 +128,15 @@ def test_a_call_that_never_connects_is_a_clear_fail(vanishing_service: FakeAzure
     assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith("  ok ")] == STEPS[:3]
     assert "FAIL  at channel: the media and data channel did not open within 3 s" in result.stdout, result.stdout
     assert vanishing_service.calls_to("hangup"), "the call it made was ended, not left holding a session"
+
+
+def test_azd_prints_the_smoke_command_after_provisioning_and_deploying() -> None:
+    """Each hook's POSIX script is run as azd would run it; PowerShell is not installed here, so its text is read."""
+    hooks = yaml.safe_load((ROOT / "azure.yaml").read_text())["hooks"]
+    url = "https://realtime-demo.azurewebsites.net/"
+    for event in ("postprovision", "postdeploy"):
+        posix, windows = hooks[event]["posix"], hooks[event]["windows"]
+        assert (posix["shell"], windows["shell"]) == ("sh", "pwsh")
+        printed = subprocess.run(["sh", "-c", posix["run"]], env={"PAGE_URL": url}, capture_output=True, text=True)
+        assert f"./dev smoke {url}\n" in printed.stdout and f"python -m localdev.smoke {url};" in printed.stdout
+        assert "py -m localdev.smoke $env:PAGE_URL" in windows["run"]
