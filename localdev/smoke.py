@@ -47,7 +47,6 @@ class Smoke:
     key: str | None = None
     voice: str | None = None
     step_timeout: float = 30.0
-    out: Callable[[str], None] = print
     secrets: list[str] = field(default_factory=list)  # scrubbed from anything printed
     request_id: str | None = None  # of the /connect that made the call
     call_id: str | None = None
@@ -61,7 +60,7 @@ class Smoke:
     def _print(self, text: str) -> None:
         for secret in self.secrets:
             text = text.replace(secret, "***")
-        self.out(text)
+        print(text, flush=True)  # each step as it ends, also into a pipe
 
     def _headers(self, **more: str) -> dict[str, str]:
         return {**({"x-functions-key": self.key} if self.key else {}), **more}

@@ -66,7 +66,7 @@ azurite = Tool(
     "./dev test installs it (npm ci in tools/azurite; needs node and npm)",
 )
 agents_sdk = Tool(
-    "the Agents SDK and esbuild (tests/agents_sdk/node_modules)",
+    "tests/agents_sdk/node_modules (the Agents SDK and esbuild)",
     (ROOT / "tests" / "agents_sdk" / "node_modules" / ".bin" / "esbuild").exists,
     "./dev test installs them (npm ci in tests/agents_sdk; needs npm)",
 )
