@@ -114,6 +114,7 @@ class Child:
 
     def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
         self.started = time.perf_counter()
+        self.argv = argv
         env = {**(env or os.environ), "BENCH_SPAWNED_AT": repr(time.time())}  # lets the child time its own start-up
         self.proc = subprocess.Popen(
             argv, env=env, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True
@@ -121,13 +122,15 @@ class Child:
 
     async def ready(self, timeout: float = 60) -> dict:
         """The JSON line the child prints once it serves."""
+        assert self.proc.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(self.proc.stdout.readline), timeout)
         if not line:
-            raise RuntimeError(f"{self.proc.args[:2]} exited with {self.proc.wait()}")
+            raise RuntimeError(f"{self.argv[:2]} exited with {self.proc.wait()}")
         return json.loads(line)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
+            assert self.proc.stdin is not None
             self.proc.stdin.close()
             try:
                 self.proc.wait(5)

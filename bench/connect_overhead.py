@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
 import azure.functions as func
+from load import offer_sdp
 from requests_toolbelt import MultipartEncoder
 
-from bench.load import offer_sdp
 from localdev.fake_openai import FakeAzureOpenAI
 from realtime_proxy.service import RealtimeProxy
 

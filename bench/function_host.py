@@ -31,10 +31,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from routing import literal_path
+
+if TYPE_CHECKING:
+    from runtime_dispatch import RuntimeDispatch
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -131,6 +134,7 @@ async def serve(port: int, app_root: Path, runtime: bool) -> None:
     root.addHandler(RpcLogHandler(loop))
     booted = time.time()  # interpreter and worker imports done; the app is next
     started = time.perf_counter()
+    dispatch: RuntimeDispatch | EmulatedDispatch
     if runtime:
         from runtime_dispatch import RuntimeDispatch
 

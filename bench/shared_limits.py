@@ -22,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import azure.functions as func
+from load import offer_sdp
 
-from bench.load import offer_sdp
 from localdev.azurite import Azurite
 from localdev.fake_openai import FakeAzureOpenAI
 from realtime_proxy.service import RealtimeProxy
@@ -45,11 +45,11 @@ def counting(table: StorageTable) -> list[int]:
     calls = [0]
     original = table._call
 
-    async def call(operation):  # type: ignore[no-untyped-def]
+    async def call(operation):
         calls[0] += 1
         return await original(operation)
 
-    table._call = call  # type: ignore[method-assign]
+    table._call = call  # type: ignore[method-assign]  # wraps this one table's method to count its calls
     return calls
 
 
@@ -68,7 +68,8 @@ async def measure(count: int, rounds: int, azurite: Azurite) -> dict[str, float]
     base = {"AZURE_OPENAI_BASE_URL": fake.url, "AZURE_OPENAI_API_KEY": KEY, **LIMITS}
     shared = RealtimeProxy.from_environ({**base, "AzureWebJobsStorage": azurite.connection_string})
     local = RealtimeProxy.from_environ(base)
-    calls = counting(shared.table)  # type: ignore[arg-type]
+    assert isinstance(shared.table, StorageTable), "AzureWebJobsStorage is set: the limits live in Table Storage"
+    calls = counting(shared.table)
     await run(shared, 5), await run(local, 5)  # create the table, warm both pools
     calls[0] = 0
     per_round = max(1, count // rounds)
@@ -77,7 +78,8 @@ async def measure(count: int, rounds: int, azurite: Azurite) -> dict[str, float]
         shared_times.append(await run(shared, per_round))
         local_times.append(await run(local, per_round))
     shared_ms, local_ms = statistics.median(shared_times) * 1000, statistics.median(local_times) * 1000
-    await shared.aclose(), await local.aclose()
+    await shared.aclose()
+    await local.aclose()
     fake.close()
     return {
         "connects": per_round * rounds,

@@ -112,7 +112,8 @@ def main() -> None:
     print(f"Serving on http://{args.host}:{server.server_port}/", flush=True)
     threading.Thread(target=watch_static, args=(proxy.files,), name="static-watch", daemon=True).start()
     try:
-        threading.Event().wait()
+        while True:
+            time.sleep(3600)  # Ctrl-C interrupts a sleep on every OS; on Windows it cannot interrupt Event.wait()
     except KeyboardInterrupt:
         server.shutdown()
         asyncio.run_coroutine_threadsafe(proxy.aclose(), server.app.loop).result(timeout=10)  # type: ignore[attr-defined]

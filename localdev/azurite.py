@@ -1,42 +1,60 @@
 """Azurite's table service on loopback: the Azure Table Storage that `./dev run` and the tests use locally.
 
-Azurite keeps tables in memory and saves them to `folder` every 5 s and when it shuts down on SIGINT, so
-`stop()` asks it to shut down (a SIGKILL loses the last seconds of writes) and `start()` again on the same
-port and folder brings back everything written before the stop: storage goes away and returns, as a storage
-outage looks to the app. Only one Azurite may use a folder at a time (two would overwrite each other's saves),
-so the folder is locked for as long as the process lives.
+Azurite keeps tables in memory and saves them to `folder` every 5 s and when it shuts down, so `stop()` asks it to
+shut down (killing it loses the last seconds of writes) and `start()` again on the same port and folder brings back
+everything written before the stop: storage goes away and returns, as a storage outage looks to the app.
+
+It is asked through its stdin, not by a signal: `azurite_stop_on_eof.cjs`, preloaded into it, shuts it down when
+stdin ends, which is when `stop()` closes it or when this process dies in any way (the OS closes the pipe). So it
+works alike on Linux, macOS and Windows, and Azurite never outlives a test run or `./dev run`.
+
+Only one Azurite may use a folder at a time (two would overwrite each other's saves), so where the OS has flock
+(Linux, macOS) the folder is locked for as long as Azurite lives; on Windows it is not, and that is logged.
 """
 
 from __future__ import annotations
 
-import ctypes
-import fcntl
+import json
+import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
+log = logging.getLogger(__name__)
 TOOLS = Path(__file__).resolve().parent.parent / "tools" / "azurite"
-EXECUTABLE = TOOLS / "node_modules" / ".bin" / "azurite-table"
+PACKAGE = TOOLS / "node_modules" / "azurite"
+STOP_ON_EOF = Path(__file__).resolve().parent / "azurite_stop_on_eof.cjs"
 ACCOUNT = "devstoreaccount1"
 # Azurite's published development account key (the same for every Azurite): not a secret.
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 STARTED = "successfully started"  # "Azurite Table service successfully started on HOST:PORT": it is listening
-PR_SET_PDEATHSIG = 1
-_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child may only call it, not load libc
 
 
 class AzuriteUnavailable(RuntimeError):
     """Azurite cannot run here: node or the npm package is missing, the folder is in use, or it did not start."""
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: if the process that started Azurite dies (even by SIGKILL), the kernel
-    sends Azurite SIGINT, so it saves its data and exits instead of outliving a test run or `./dev run`."""
-    _prctl(PR_SET_PDEATHSIG, signal.SIGINT)
+def _table_service() -> Path:
+    """The script npm's `azurite-table` command runs, run here with node itself: no shell or .cmd shim in between."""
+    return PACKAGE / json.loads((PACKAGE / "package.json").read_text())["bin"]["azurite-table"]
+
+
+def _lock(fd: int) -> bool | None:
+    """Locks the open lock file without waiting: True, or False if another process holds it. Where there is no
+    flock (Windows), says so and returns None: unlocked."""
+    try:
+        import fcntl
+    except ImportError:
+        log.warning("No flock here: nothing stops a second Azurite from using the same folder.")
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def free_port() -> int:
@@ -46,8 +64,7 @@ def free_port() -> int:
 
 
 class Azurite:
-    """One Azurite table service on 127.0.0.1, its data in `folder`. Start it from the main thread: the kernel
-    signals the child when the *thread* that started it ends."""
+    """One Azurite table service on 127.0.0.1, its data in `folder`."""
 
     def __init__(self, folder: Path, port: int = 0, start_timeout: float = 30.0) -> None:
         self.folder = folder
@@ -71,26 +88,29 @@ class Azurite:
         cannot run or is not listening within `start_timeout`."""
         if self.running:
             return self
-        if not shutil.which("node"):
+        node = shutil.which("node")
+        if not node:
             raise AzuriteUnavailable("node is not installed")
-        if not EXECUTABLE.exists():
+        if not PACKAGE.exists():
             raise AzuriteUnavailable("tools/azurite is not installed: `./dev` installs it with npm ci")
         self.folder.mkdir(parents=True, exist_ok=True)
         lock = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        locked = _lock(lock)
+        if locked is False:
             os.close(lock)
-            raise AzuriteUnavailable(f"another Azurite is using {self.folder}") from None
+            raise AzuriteUnavailable(f"another Azurite is using {self.folder}")
         log = self.folder / "azurite.log"
         try:
             # Output goes to a file, not a pipe: Azurite prints as it shuts down, and a pipe whose reader has died
-            # would crash it (EPIPE) before it saves. The child inherits the lock, which so lasts until both have
-            # closed it: the folder stays locked while Azurite saves on its way out, even if we are already gone.
+            # would crash it (EPIPE) before it saves. The child inherits the lock (POSIX), which so lasts until both
+            # have closed it: the folder stays locked while Azurite saves on its way out, even if we are gone.
             with log.open("w") as output:
                 self.process = subprocess.Popen(
                     [
-                        str(EXECUTABLE),
+                        node,
+                        "--require",
+                        str(STOP_ON_EOF),
+                        str(_table_service()),
                         "--tableHost",
                         "127.0.0.1",
                         "--tablePort",
@@ -102,13 +122,13 @@ class Azurite:
                         # The SDK's API version may be newer than this Azurite knows (it is pinned for Node 20).
                         "--skipApiVersionCheck",
                     ],
-                    stdin=subprocess.DEVNULL,
+                    stdin=subprocess.PIPE,  # closing it stops Azurite (azurite_stop_on_eof.cjs)
                     stdout=output,
                     stderr=subprocess.STDOUT,
-                    pass_fds=(lock,),
-                    preexec_fn=_die_with_parent,
-                    # Ctrl-C reaches only us, and stop() sends one SIGINT: a second one cuts Azurite's save short.
-                    start_new_session=True,
+                    pass_fds=(lock,) if locked else (),
+                    # Ctrl-C reaches only us (we then stop Azurite): a second shutdown would cut its save short.
+                    start_new_session=True,  # POSIX
+                    creationflags=getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0),  # Windows
                 )
         finally:
             os.close(lock)
@@ -125,8 +145,9 @@ class Azurite:
         Killed only if it has not exited within `timeout`."""
         if self.process is None:
             return
+        if self.process.stdin is not None:
+            self.process.stdin.close()  # azurite_stop_on_eof.cjs shuts it down
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -96,6 +96,7 @@ class FakeAzureOpenAI:
         self.secrets: dict[str, dict] = {}
         self._faults: dict[str, list[Fault]] = {"client_secrets": [], "calls": [], "hangup": []}
         self._lock = threading.Lock()
+        self.host = host
         self.server = LoopbackServer((host, port), _handler_for(self))
         self.thread = threading.Thread(
             target=self.server.serve_forever, args=(0.05,), name="fake-azure-openai", daemon=True
@@ -104,8 +105,7 @@ class FakeAzureOpenAI:
 
     @property
     def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{self.host}:{self.server.server_port}"
 
     def fail_next(self, endpoint: str, fault: Fault, times: int = 1) -> None:
         with self._lock:
@@ -287,7 +287,7 @@ class LoopbackServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 512  # a burst of new connections queues like at a real front end instead of being reset
 
-    def handle_error(self, request: object, client_address: object) -> None:
+    def handle_error(self, request: socket.socket | tuple[bytes, socket.socket], client_address: object) -> None:
         """A client that hangs up (or a connection a fault reset) is routine here, not a traceback on stderr."""
         if not isinstance(sys.exc_info()[1], ConnectionError):
             super().handle_error(request, client_address)
@@ -312,9 +312,8 @@ def _handler_for(fake: FakeAzureOpenAI) -> type[BaseHTTPRequestHandler]:
             call_id = endpoint.removeprefix("calls/").removesuffix("/hangup") if endpoint.endswith("/hangup") else None
             endpoint = "hangup" if call_id else endpoint
             if endpoint not in ("client_secrets", "calls", "hangup"):
-                self._send(
-                    404, {"Content-Type": "application/json"}, ServiceError(404, "404", "Resource not found").body()
-                )
+                not_found = ServiceError(404, "404", "Resource not found").body()
+                self._send(404, {"Content-Type": "application/json"}, not_found, Fault())
                 return
             headers = {k.lower(): v for k, v in self.headers.items()}
             query = parse_qs(parts.query)

@@ -226,7 +226,7 @@ class FunctionsHost:
         return key is not None and key in accepted - {None}
 
     @staticmethod
-    def _request(request: Request, route_params: dict[str, str], body: bytes) -> func.HttpRequest:
+    def _request(request: Request, route_params: Mapping[str, str], body: bytes) -> func.HttpRequest:
         headers = dict(request.headers)
         # The platform front end appends the caller's address; do the same so client_ip() works alike.
         forwarded = request.headers.get("X-Forwarded-For")
@@ -236,7 +236,7 @@ class FunctionsHost:
             url=request.url,
             headers=headers,
             params=dict(request.args),
-            route_params=route_params,
+            route_params=dict(route_params),
             body=body,
         )
 

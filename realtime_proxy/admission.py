@@ -11,6 +11,7 @@ A connect creates its slot rows and its ledger row in one transaction, before an
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import time
@@ -138,14 +139,13 @@ class Admission:
             ("live-app", self.config.max_active_sessions),
         ):
             if limit > 0:
-                counters.append(
-                    _Counter(
-                        key, limit, lambda now, key=key: _too_many_sessions(self._free_at.get(key, now + 60) - now)
-                    )
-                )
+                counters.append(_Counter(key, limit, functools.partial(self._sessions_refusal, key)))
         if window != self._window:  # hints are per window or only hints: start each minute afresh, memory stays bounded
             self._window, self._next, self._takeover, self._free_at = window, {}, {}, {}
         return counters
+
+    def _sessions_refusal(self, key: str, now: float) -> ApiError:
+        return _too_many_sessions(self._free_at.get(key, now + 60) - now)
 
     def _needs_a_look(self, counter: _Counter) -> bool:
         return (

@@ -59,7 +59,7 @@ def _same_origin(origin: str, req: func.HttpRequest) -> bool:
     """Same host as the request: the page this app serves calling its own endpoint (the platform may
     terminate TLS in front of the worker, so the scheme is not compared). `X-Forwarded-Host` is not
     consulted: any client can send it."""
-    host = (req.headers.get("host") or urlsplit(req.url).netloc).lower()
+    host: str = (req.headers.get("host") or urlsplit(req.url).netloc).lower()
     try:
         return urlsplit(origin).netloc.lower() == host
     except ValueError:

@@ -8,6 +8,8 @@ server's instructions; everything else (model, transcription, turn detection, to
 
 from __future__ import annotations
 
+from typing import Any
+
 from .offer import Offer
 from .settings import SessionPolicy
 
@@ -20,8 +22,9 @@ def effective_instructions(policy: SessionPolicy, caller: str) -> str:
     return f"{policy.instructions}\n\n{caller}"
 
 
-def session_config(policy: SessionPolicy, deployment: str, offer: Offer) -> dict:
-    audio_input: dict = {"turn_detection": None if policy.turn_detection == "none" else {"type": policy.turn_detection}}
+def session_config(policy: SessionPolicy, deployment: str, offer: Offer) -> dict[str, Any]:
+    turn_detection = None if policy.turn_detection == "none" else {"type": policy.turn_detection}
+    audio_input: dict[str, Any] = {"turn_detection": turn_detection}
     if policy.transcription_model:
         audio_input["transcription"] = {"model": policy.transcription_model}
     return {
@@ -33,7 +36,7 @@ def session_config(policy: SessionPolicy, deployment: str, offer: Offer) -> dict
     }
 
 
-def public_config(policy: SessionPolicy, emulator: bool) -> dict:
+def public_config(policy: SessionPolicy, emulator: bool) -> dict[str, Any]:
     """What a browser may know in order to offer choices: nothing secret, not the server's instructions."""
     return {
         "voices": list(policy.allowed_voices),

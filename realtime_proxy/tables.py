@@ -13,7 +13,7 @@ import contextlib
 import itertools
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 T = TypeVar("T")
 PARTITION = "limits"
@@ -129,7 +129,7 @@ class StorageTable:
         from azure.core import MatchConditions
         from azure.data.tables import TableTransactionError, UpdateMode
 
-        batch: list[tuple] = []
+        batch: list[tuple[Any, ...]] = []
         for op in ops:
             entity = {"PartitionKey": PARTITION, "RowKey": op.key, **op.props}
             condition = {"etag": op.etag, "match_condition": MatchConditions.IfNotModified}

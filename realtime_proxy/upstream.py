@@ -19,6 +19,7 @@ import ssl
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -67,7 +68,8 @@ def proxy_for(url: str) -> str | None:
     host = parts.hostname or ""
     proxies = urllib.request.getproxies_environment()
     no_proxy = [entry.strip() for entry in proxies.get("no", "").split(",") if entry.strip()]
-    if urllib.request.proxy_bypass_environment(host, proxies) or _in_cidr(host, no_proxy):
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # in CPython; typeshed omits it
+    if bypass(host, proxies) or _in_cidr(host, no_proxy):
         return None
     return proxies.get(parts.scheme) or proxies.get("all")
 
@@ -110,7 +112,7 @@ class Upstream:
         if self._session:
             await self._session.close()
 
-    async def mint_secret(self, session_config: dict, auth: dict[str, str], deadline: float) -> str:
+    async def mint_secret(self, session_config: dict[str, Any], auth: dict[str, str], deadline: float) -> str:
         """POST /realtime/client_secrets; retried once on a dropped connection or a 502/503, never more."""
         body = {
             "expires_after": {"anchor": "created_at", "seconds": self.settings.policy.secret_ttl_seconds},

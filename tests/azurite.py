@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import secrets
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
-from localdev.azurite import EXECUTABLE, Azurite
+from localdev.azurite import Azurite
+from tests import tools
 
 
 def require_azurite() -> None:
     """Skips the test only where `./dev` could not install Azurite (no node or npm): any other failure fails it."""
-    if not (shutil.which("node") and EXECUTABLE.exists()):
-        pytest.skip("Azurite is not installed: `./dev test` installs it with npm ci (needs node and npm)")
+    tools.azurite.require()
 
 
 def started(folder: Path) -> Azurite:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
+import threading
 import wave
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -71,3 +74,15 @@ def launch_args(microphone_wav: Path) -> list[str]:
         "--disable-domain-reliability",
         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
     ]
+
+
+class _QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # keep test output quiet
+        pass
+
+
+def serve_folder(directory: Path) -> tuple[ThreadingHTTPServer, str]:
+    """A folder served on a loopback origin of its own (a page on another site); shut it down when done."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietFiles, directory=str(directory)))
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
+import os
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
-from typing import ClassVar
+from pathlib import Path
+from typing import ClassVar, TypeVar
 
 import azure.functions as func
 import pytest
@@ -17,9 +21,16 @@ from localdev.azurite import Azurite
 from localdev.fake_openai import FakeAzureOpenAI
 from realtime_proxy.service import RealtimeProxy
 from tests.azurite import Storage, new_prefix, started
+from tests.child_process import ChildProcess
 from tests.contract import check
 from tests.identity_endpoint import IdentityEndpoint
 
+# The suite's rule for missing tools: a skip locally, a failed run in CI (REQUIRE_TEST_TOOLS=1).
+from tests.tools import pytest_make_collect_report, pytest_runtest_makereport, pytest_sessionstart  # noqa: F401
+
+T = TypeVar("T")
+
+ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "test-key-5f2b9c0e8d7a41c3b6e0f9a2d4c8e1b7"
 # A browser's offer as createOffer() makes it (audio and the data channel, ICE credentials, DTLS fingerprint):
 # the emulator's real WebRTC peer answers it, as the service would.
@@ -83,10 +94,28 @@ WORKER_LOOP = asyncio.new_event_loop()
 threading.Thread(target=WORKER_LOOP.run_forever, name="worker-loop", daemon=True).start()
 
 
+def in_flight(awaitable: Awaitable[T]) -> concurrent.futures.Future[T]:
+    """Starts `awaitable` on the worker loop and returns at once, like a request the test has sent."""
+
+    async def run() -> T:
+        return await awaitable  # a handler promises an awaitable; the loop takes only a coroutine
+
+    return asyncio.run_coroutine_threadsafe(run(), WORKER_LOOP)
+
+
+def run_together(*awaitables: Awaitable[T]) -> list[T]:
+    """Runs handlers concurrently on the worker's event loop, as simultaneous requests to one instance are."""
+
+    async def together() -> list[T]:
+        return list(await asyncio.gather(*awaitables))
+
+    return in_flight(together()).result()
+
+
 def on_worker_loop(
     handler: Callable[[func.HttpRequest], Awaitable[func.HttpResponse]],
 ) -> Callable[[func.HttpRequest], func.HttpResponse]:
-    return lambda req: asyncio.run_coroutine_threadsafe(handler(req), WORKER_LOOP).result()
+    return lambda req: in_flight(handler(req)).result()
 
 
 class Driven:
@@ -165,56 +194,36 @@ def error_of(response: func.HttpResponse, path: str | None = "/connect", method:
     return json.loads(response.get_body())["error"]
 
 
+def app_env(**env: str) -> dict[str, str]:
+    """The environment of an app process a test starts: the developer's shell less any credential or Azure
+    setting, plus `env`."""
+    azure = ("AZURE_", "REALTIME_")
+    return {**{k: v for k, v in os.environ.items() if k not in CREDENTIAL_ENV and not k.startswith(azure)}, **env}
+
+
 class LocalHost:
     """`python -m localdev` in its own process: the real function_app.py, served over HTTP like `func start`."""
 
-    def __init__(self, env: dict[str, str]) -> None:
-        import os
-        import subprocess
-        import sys
-        from pathlib import Path
+    # Importing the app takes about a second on a quiet machine; Azurite, when asked for, has 30 s of its own.
+    START_TIMEOUT = 60.0
 
-        full_env = {
-            k: v for k, v in os.environ.items() if k not in CREDENTIAL_ENV and not k.startswith(("AZURE_", "REALTIME_"))
-        }
-        full_env.update(env)
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "localdev",
-                "--port",
-                "0",
-                *([] if "AzureWebJobsStorage" in env else ["--no-storage"]),
-            ],
-            cwd=Path(__file__).resolve().parent.parent,
-            env=full_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+    def __init__(self, env: dict[str, str], start_timeout: float = START_TIMEOUT) -> None:
+        storage = [] if "AzureWebJobsStorage" in env else ["--no-storage"]
+        self.child = ChildProcess(
+            [sys.executable, "-m", "localdev", "--port", "0", *storage],
+            ready="Serving on ",
+            timeout=start_timeout,
+            cwd=ROOT,
+            env=app_env(**env),
         )
-        self.output: list[str] = []
-        for line in self.process.stdout:  # type: ignore[union-attr]
-            self.output.append(line)
-            if line.startswith("Serving on "):
-                self.url = line.split()[-1].rstrip("/")
-                break
-        else:
-            raise RuntimeError("local host did not start:\n" + "".join(self.output))
-        import threading
-
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self) -> None:
-        for line in self.process.stdout:  # type: ignore[union-attr]
-            self.output.append(line)
+        self.process = self.child.process
+        self.url = self.child.ready_line.split()[-1].rstrip("/")
 
     def log(self) -> str:
-        return "".join(self.output)
+        return self.child.output()
 
     def close(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
+        self.child.stop()
 
 
 @pytest.fixture

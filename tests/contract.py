@@ -12,10 +12,10 @@ SPEC = json.loads((Path(__file__).resolve().parent.parent / "static" / "openapi.
 
 def resolve(node: dict) -> dict:
     while "$ref" in node:
-        target: object = SPEC
+        target = SPEC
         for part in node["$ref"].removeprefix("#/").split("/"):
-            target = target[part]  # type: ignore[index]
-        node = target  # type: ignore[assignment]
+            target = target[part]
+        node = target
     return node
 
 

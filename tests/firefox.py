@@ -21,6 +21,8 @@ from typing import Any
 
 import aiohttp
 
+from tests.child_process import ChildProcess
+
 FIREFOX = shutil.which("firefox-esr")
 PROFILE_PREFS = Path(__file__).with_name("firefox-user.js")
 KEYS = {"Space": " ", "Enter": "\ue007"}
@@ -42,47 +44,21 @@ class Firefox:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         env = {**os.environ, "MOZ_DISABLE_NONLOCAL_CONNECTIONS": "1", "MOZ_CRASHREPORTER_DISABLE": "1"}
-        self._process = subprocess.Popen(
-            [
-                FIREFOX,
-                "--headless",
-                "--no-remote",
-                "--profile",
-                self._profile,
-                "--remote-debugging-port",
-                str(port),
-                "about:blank",
-            ],
+        argv = [FIREFOX, "--headless", "--no-remote", "--profile", self._profile, "--remote-debugging-port", str(port)]
+        self._child = ChildProcess(
+            [*argv, "about:blank"],
+            ready=f"WebDriver BiDi listening on ws://127.0.0.1:{port}",
+            timeout=launch_timeout,
+            stream="stderr",
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
         )
-        self._wait_for_bidi(port, launch_timeout)
         self._ids = itertools.count(1)
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name="firefox-bidi", daemon=True).start()
         self._run(self._open(port))
         self.send("session.new", {"capabilities": {}})
         self.context = self.send("browsingContext.getTree", {})["contexts"][0]["context"]
-
-    def _wait_for_bidi(self, port: int, timeout: float) -> None:
-        """Firefox says on stderr when BiDi listens; keep draining stderr afterwards so it never blocks."""
-        deadline = time.monotonic() + timeout
-        lines: list[str] = []
-        assert self._process.stderr is not None
-        for line in self._process.stderr:
-            lines.append(line)
-            if f"WebDriver BiDi listening on ws://127.0.0.1:{port}" in line:
-                break
-            if time.monotonic() > deadline:
-                break
-        else:
-            raise RuntimeError("Firefox exited before BiDi listened:\n" + "".join(lines[-20:]))
-        if time.monotonic() > deadline:
-            self.close()
-            raise RuntimeError("Firefox did not start BiDi in time:\n" + "".join(lines[-20:]))
-        threading.Thread(target=lambda: [None for _ in self._process.stderr], daemon=True).start()  # type: ignore[union-attr]
 
     async def _open(self, port: int) -> None:
         self._http = aiohttp.ClientSession()
@@ -206,11 +182,7 @@ class Firefox:
         if hasattr(self, "_socket"):
             self._run(self._shutdown(), timeout=10)
             self._loop.call_soon_threadsafe(self._loop.stop)
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        self._child.stop()
         shutil.rmtree(self._profile, ignore_errors=True)
 
     async def _shutdown(self) -> None:

@@ -8,12 +8,9 @@ reports as an error is what a user of it would see.
 
 from __future__ import annotations
 
-import functools
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -21,6 +18,8 @@ import requests
 
 from localdev.emulator import PeerHost
 from localdev.fake_openai import FakeAzureOpenAI
+from tests import tools
+from tests.browser import serve_folder
 from tests.conftest import API_KEY, OFFER, LocalHost
 from tests.test_browser_e2e import browser, emulator, eventually, peers  # noqa: F401  (shared fixtures)
 
@@ -36,17 +35,6 @@ CLIENTS = {
     "openai-webrtc-example": {"Authorization": f"Bearer {PAGE_KEY}"},  # OpenAI's WebRTC guide: fetch with these
 }
 LONG_MESSAGE = "Once upon a time " + "a page on another origin called a peer on loopback and they talked. " * 10
-
-
-class QuietFiles(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # keep test output quiet
-        pass
-
-
-def serve(directory: Path) -> tuple[ThreadingHTTPServer, str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietFiles, directory=str(directory)))
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def never_forwarded(secret: str, fake: FakeAzureOpenAI, host: LocalHost) -> None:
@@ -111,8 +99,7 @@ def test_a_refused_origin_is_still_refused_whatever_it_sends(cors_app, fake: Fak
 @pytest.fixture(scope="module")
 def sdk_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The SDK page, bundled from the npm package, served from its own origin."""
-    if not ESBUILD.exists():
-        pytest.skip("tests/agents_sdk/node_modules is missing: `./dev test` installs it with npm ci")
+    tools.agents_sdk.require()
     site = tmp_path_factory.mktemp("agents-sdk-site")
     shutil.copy(SDK_DIR / "index.html", site)
     subprocess.run(
@@ -121,7 +108,7 @@ def sdk_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         check=True,
         timeout=300,
     )
-    server, url = serve(site)
+    server, url = serve_folder(site)
     yield url
     server.shutdown()
     server.server_close()

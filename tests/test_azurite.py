@@ -166,7 +166,8 @@ def test_azurite_saves_its_data_and_exits_when_the_process_that_started_it_is_ki
         text=True,
         cwd=Path(__file__).resolve().parent.parent,
     )
-    port, connection_string = int(child.stdout.readline()), child.stdout.readline().strip()  # type: ignore[union-attr]
+    assert child.stdout is not None
+    port, connection_string = int(child.stdout.readline()), child.stdout.readline().strip()
 
     async def write() -> None:
         async with TableClient.from_connection_string(connection_string, "orphans") as table:
@@ -174,7 +175,7 @@ def test_azurite_saves_its_data_and_exits_when_the_process_that_started_it_is_ki
             await table.create_entity({"PartitionKey": "p", "RowKey": "written-just-before"})
 
     asyncio.run(write())
-    child.kill()  # no cleanup of its own runs: the kernel tells Azurite (PR_SET_PDEATHSIG)
+    child.kill()  # no cleanup of its own runs: Azurite's stdin closes with it (azurite_stop_on_eof.cjs)
     child.wait()
     deadline = time.monotonic() + 15
     while not lock_free(tmp_path / "data"):  # Azurite holds its folder's lock until it has saved and exited

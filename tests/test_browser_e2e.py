@@ -9,25 +9,23 @@ emulator keeps showing (a transcript line, a recorded event), never for a state 
 
 from __future__ import annotations
 
-import functools
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from localdev.emulator import EmulatedPeer, PeerHost
 from localdev.fake_openai import FakeAzureOpenAI, Fault
-from tests.browser import CHROMIUM, launch_args, speech_like_wav
+from tests import tools
+from tests.browser import CHROMIUM, launch_args, serve_folder, speech_like_wav
 from tests.conftest import API_KEY, LocalHost
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
 
-pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")]
+pytestmark = [pytest.mark.browser, tools.chromium.needed]
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 CONNECT_TIMEOUT_MS = 30_000  # the page itself gives up after 20 s
@@ -39,7 +37,8 @@ USER_LINES = "#transcript [data-role='user']"
 ASSISTANT_LINES = "#transcript [data-role='assistant']"
 
 
-def eventually(check: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> object:
+def eventually(check: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> Any:
+    """The first truthy result of `check` (Any: checks are often `condition and value`, typed as a union)."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()
@@ -67,11 +66,8 @@ def emulator(peers: PeerHost) -> Iterator[FakeAzureOpenAI]:
 @pytest.fixture(scope="module")
 def embed_origin() -> Iterator[str]:
     """A second origin (another port) serving the example page that embeds <realtime-voice>."""
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(ROOT / "static"))
-    handler.log_message = lambda *args: None  # type: ignore[method-assign]
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server, url = serve_folder(ROOT / "static")
+    yield url
     server.shutdown()
     server.server_close()
 

@@ -16,7 +16,7 @@ from playwright.sync_api import Page
 
 from localdev.emulator import EmulatedPeer, PeerHost
 from localdev.fake_openai import FakeAzureOpenAI
-from tests.browser import CHROMIUM
+from tests import tools
 from tests.conftest import API_KEY, LocalHost
 from tests.test_browser_e2e import (  # noqa: F401  (fixtures)
     ASSISTANT_LINES,
@@ -30,7 +30,7 @@ from tests.test_browser_e2e import (  # noqa: F401  (fixtures)
     start,
 )
 
-pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")]
+pytestmark = [pytest.mark.browser, tools.chromium.needed]
 RECONNECT_TIMEOUT_MS = 45_000  # drop noticed (ICE disconnected + 3 s grace) plus a new call on a loaded machine
 NOTICE = "#call-notice-text"
 

@@ -12,10 +12,11 @@ from collections.abc import Iterator
 import pytest
 
 from localdev.emulator import EmulatedPeer, PeerHost
-from tests.firefox import FIREFOX, Firefox
+from tests import tools
+from tests.firefox import Firefox
 from tests.test_browser_e2e import REPLY_END, app, embed_origin, emulator, eventually, peers  # noqa: F401  (fixtures)
 
-pytestmark = [pytest.mark.browser, pytest.mark.skipif(not FIREFOX, reason="needs Debian's firefox-esr")]
+pytestmark = [pytest.mark.browser, tools.firefox.needed]
 USER_LINES = "document.querySelectorAll(\"#transcript [data-role='user']\").length"
 STATUS = "document.getElementById('status').dataset.status"
 

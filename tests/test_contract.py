@@ -50,6 +50,15 @@ def _bound(call: ast.Call, function: Function, parameter: str) -> ast.expr | Non
     return _argument(call, position, parameter) or defaults.get(parameter)
 
 
+def _literal(status: ast.expr | None, code: ast.expr | None) -> tuple[int, str] | None:
+    """(status, code) when both are written out as an int and a string."""
+    status_value = status.value if isinstance(status, ast.Constant) else None
+    code_value = code.value if isinstance(code, ast.Constant) else None
+    if isinstance(status_value, int) and isinstance(code_value, str):
+        return status_value, code_value
+    return None
+
+
 def raised_errors(package: Path = ROOT / "realtime_proxy") -> tuple[set[tuple[int, str]], list[str]]:
     """(status, code) of every ApiError the package constructs, given as literals (positionally or by
     keyword) or through a helper function's parameters; and where a status or code could not be told."""
@@ -57,9 +66,9 @@ def raised_errors(package: Path = ROOT / "realtime_proxy") -> tuple[set[tuple[in
     for source in sorted(package.rglob("*.py")):
         tree = ast.parse(source.read_text())
         owner: dict[ast.Call, Function] = {}
-        for function in (node for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))):
+        for definition in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
             owner.update(
-                (node, function) for node in ast.walk(function) if isinstance(node, ast.Call)
+                (node, definition) for node in ast.walk(definition) if isinstance(node, ast.Call)
             )  # innermost wins
         calls += [(f"{source.name}:{n.lineno}", n, owner.get(n)) for n in ast.walk(tree) if isinstance(n, ast.Call)]
     found: set[tuple[int, str]] = set()
@@ -69,19 +78,20 @@ def raised_errors(package: Path = ROOT / "realtime_proxy") -> tuple[set[tuple[in
         if _callee(call) != "ApiError":
             continue
         status, code = _argument(call, 0, "status"), _argument(call, 1, "code")
-        if isinstance(status, ast.Constant) and isinstance(code, ast.Constant):
-            found.add((status.value, code.value))
+        if literal := _literal(status, code):
+            found.add(literal)
         elif function and any(isinstance(e, ast.Name) and e.id in _parameters(function) for e in (status, code)):
             helpers[function.name] = (function, status, code)
         else:
             unresolved.append(where)
     for where, call, _ in calls:
-        if _callee(call) not in helpers:
+        name = _callee(call)
+        if name is None or name not in helpers:
             continue
-        function, status, code = helpers[_callee(call)]  # type: ignore[index]
-        status, code = (_bound(call, function, e.id) if isinstance(e, ast.Name) else e for e in (status, code))
-        if isinstance(status, ast.Constant) and isinstance(code, ast.Constant):
-            found.add((status.value, code.value))
+        helper, status, code = helpers[name]
+        status, code = (_bound(call, helper, e.id) if isinstance(e, ast.Name) else e for e in (status, code))
+        if literal := _literal(status, code):
+            found.add(literal)
         else:
             unresolved.append(where)
     return found, unresolved
@@ -89,7 +99,7 @@ def raised_errors(package: Path = ROOT / "realtime_proxy") -> tuple[set[tuple[in
 
 def documented_errors() -> set[tuple[int, str]]:
     """(status, code) pairs the documented operations may answer."""
-    pairs = set()
+    pairs: set[tuple[int, str]] = set()
     for operations in SPEC["paths"].values():
         for operation in operations.values():
             for status, response in operation["responses"].items():

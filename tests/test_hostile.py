@@ -15,11 +15,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.request import ProxyHandler, Request, build_opener
 
+import azure.functions as func
 import pytest
 
 from localdev.fake_openai import FakeAzureOpenAI, Fault
 from realtime_proxy.service import RealtimeProxy, guarded
-from tests.conftest import API_KEY, OFFER, WORKER_LOOP, LocalHost, error_of, make_proxy, offer_request, request
+from tests.conftest import (
+    API_KEY,
+    OFFER,
+    WORKER_LOOP,
+    LocalHost,
+    error_of,
+    make_proxy,
+    offer_request,
+    on_worker_loop,
+    request,
+)
 
 
 def assert_no_credential(*texts: str, secrets: tuple[str, ...] = (API_KEY,)) -> None:
@@ -182,7 +193,12 @@ def test_a_key_straddling_the_truncation_point_is_scrubbed_whole(fake, logs) -> 
 
 def test_every_credential_in_play_is_scrubbed(fake, identity, logs) -> None:
     tokens: list[str] = []
-    identity.on_token = lambda token: (tokens.append(token), fake.accepted_tokens.add(token))
+
+    def on_token(token: str) -> None:
+        tokens.append(token)
+        fake.accepted_tokens.add(token)
+
+    identity.on_token = on_token
     fake.fail_next("client_secrets", Fault(status=401, echo_credentials=True))
     fake.fail_next("calls", Fault(status=403, echo_credentials=True))
     proxy = make_proxy(fake, api_key=None)
@@ -348,10 +364,10 @@ def test_the_example_settings_unchanged_are_not_configured(fake) -> None:
 
 
 def test_anything_unexpected_is_a_500_with_a_request_id_in_the_log(logs) -> None:
-    async def broken(req):
+    async def broken(req: func.HttpRequest) -> func.HttpResponse:
         raise KeyError(f"an internal invariant failed near {API_KEY}")
 
-    response = asyncio.run_coroutine_threadsafe(guarded(broken)(request()), WORKER_LOOP).result()
+    response = on_worker_loop(guarded(broken))(request())
     error = error_of(response, None)
     assert (response.status_code, error["code"]) == (500, "internal_error")
     assert error["requestId"] == response.headers["X-Request-Id"] and error["requestId"] in error["message"]

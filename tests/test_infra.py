@@ -9,7 +9,6 @@ must never do (keys, secrets, FTP, plain HTTP). checkov's Azure policies run ove
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -18,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-pycep = pytest.importorskip("pycep")
+from tests import tools
+
+pycep = pytest.importorskip("pycep", reason=tools.pycep.missing)
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
@@ -177,8 +178,9 @@ def test_azure_yaml_deploys_this_folder_as_a_python_function_app():
     assert re.search(r"^\s+language: python$", text, re.M)
     assert re.search(r"^\s+project: \.$", text, re.M)
     site_tags = render(only(tree("modules/app.bicep"), "Microsoft.Web/sites")["tags"])
-    service = re.search(r"^services:\n\s+(\w+):", text, re.M).group(1)
-    assert f"'azd-service-name': {service}" in site_tags
+    service = re.search(r"^services:\n\s+(\w+):", text, re.M)
+    assert service, "azure.yaml lists no service"
+    assert f"'azd-service-name': {service.group(1)}" in site_tags
 
 
 # ---------------------------------------------------------------- identity and roles
@@ -372,19 +374,11 @@ def test_outputs_give_the_app_and_page_urls():
 # ---------------------------------------------------------------- checkov's Azure policies
 
 
-def checkov_binary() -> Path | None:
-    configured = os.environ.get("CHECKOV")  # ./dev test sets it after installing the pinned version
-    if configured:
-        return Path(configured)
-    local = ROOT / ".venv-tools" / "bin" / "checkov"
-    return local if local.exists() else None
-
-
+@pytest.mark.timeout(360)  # checkov has 300 s of its own, and says more when it overruns
 def test_checkov_finds_no_failed_checks_and_every_skip_is_justified(tmp_path):
-    binary = checkov_binary()
-    if binary is None:
-        pytest.skip("checkov not installed (./dev test installs it into .venv-tools)")
-    assert binary.exists(), f"CHECKOV={binary} does not exist"
+    tools.checkov.require()
+    binary = tools.checkov_binary()
+    assert binary and binary.exists(), f"CHECKOV={binary} does not exist"
     report = tmp_path / "checkov"
     result = subprocess.run(
         [

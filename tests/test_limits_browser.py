@@ -11,11 +11,11 @@ from playwright.sync_api import Page
 
 from localdev.emulator import PeerHost
 from localdev.fake_openai import FakeAzureOpenAI
-from tests.browser import CHROMIUM
+from tests import tools
 from tests.conftest import API_KEY, LocalHost
 from tests.test_browser_e2e import browser, eventually, page, peers, start  # noqa: F401  (fixtures; page uses this module's app)
 
-pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")]
+pytestmark = [pytest.mark.browser, tools.chromium.needed]
 LIMIT_SECONDS = 10
 NOTICE = "#call-notice-text"
 

@@ -29,7 +29,12 @@ def text_of(caplog: pytest.LogCaptureFixture) -> str:
 
 def test_no_secret_in_play_reaches_any_log_line_at_debug(fake, identity, azurite, everything) -> None:
     tokens: list[str] = []
-    identity.on_token = lambda token: (tokens.append(token), fake.accepted_tokens.add(token))
+
+    def issued(token: str) -> None:
+        tokens.append(token)
+        fake.accepted_tokens.add(token)
+
+    identity.on_token = issued
     keyed = make_proxy(fake, **storage_env(azurite, "keyed"))
     by_identity = make_proxy(fake, api_key=None, **storage_env(azurite, "identity"))
     answers = [keyed.connect(offer_request()), by_identity.connect(offer_request())]

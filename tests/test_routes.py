@@ -16,7 +16,7 @@ import azure.functions as func
 import pytest
 import requests
 
-from localdev.host import serve
+from localdev.host import FunctionsHost, serve
 from tests.conftest import API_KEY, OFFER, LocalHost, multipart, offer_request, request
 
 
@@ -217,6 +217,7 @@ def probe() -> Iterator[tuple[Probe, str]]:
     server = serve(app.app, port=0)
     yield app, f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
+    assert isinstance(server.app, FunctionsHost)
     server.app.close()
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import schemathesis
 
 from tests.conftest import API_KEY, LocalHost
@@ -26,6 +27,7 @@ expected-statuses = [400, 401, 403, 413, 415, 429, 431]
 """
 
 
+@pytest.mark.timeout(660)  # its run has 600 s of its own, and says more when it overruns
 def test_schemathesis_finds_no_failure(fake, tmp_path: Path) -> None:
     host = LocalHost({"AZURE_OPENAI_BASE_URL": fake.url, "AZURE_OPENAI_API_KEY": API_KEY, "RATE_LIMIT_PER_MINUTE": "0"})
     config, har = tmp_path / "schemathesis.toml", tmp_path / "run.har"

@@ -9,8 +9,8 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 import requests
@@ -20,7 +20,17 @@ from realtime_proxy.errors import ApiError
 from realtime_proxy.ledger import Ledger
 from realtime_proxy.settings import SharedLimits
 from realtime_proxy.tables import MemoryTable, Op, Row
-from tests.conftest import API_KEY, OFFER, WORKER_LOOP, LocalHost, error_of, make_proxy, offer_request, request
+from tests.conftest import (
+    API_KEY,
+    OFFER,
+    LocalHost,
+    error_of,
+    in_flight,
+    make_proxy,
+    offer_request,
+    request,
+    run_together,
+)
 
 T = TypeVar("T")
 
@@ -146,15 +156,6 @@ def test_limit_settings_are_validated(fake, name: str) -> None:
     assert name in error_of(response)["message"]
 
 
-def run_together(*coroutines: Coroutine[Any, Any, T]) -> list[T]:
-    """Runs handlers concurrently on the worker's event loop, as simultaneous requests to one instance are."""
-
-    async def together() -> list[T]:
-        return list(await asyncio.gather(*coroutines))
-
-    return asyncio.run_coroutine_threadsafe(together(), WORKER_LOOP).result()
-
-
 def hang_up_request(response, token: str | None = None):
     call_id = response.headers["Location"].rsplit("/", 1)[-1]
     return request(
@@ -266,10 +267,10 @@ def test_a_connect_in_flight_when_the_pause_lands_is_hung_up_not_answered(fake) 
 
     proxy = make_proxy(fake)
     fake.fail_next("calls", Fault(status=None, delay=1.0))  # the call is being created as the operator pauses
-    in_flight = asyncio.run_coroutine_threadsafe(proxy.proxy.connect(offer_request()), WORKER_LOOP)
+    connecting = in_flight(proxy.proxy.connect(offer_request()))
     wait_for(lambda: fake.calls_to("calls"), "the connect to reach /calls")
     paused = proxy.pause(request(method="POST", url="http://localhost:7071/operator/pause"))
-    answer = in_flight.result(timeout=30)
+    answer = connecting.result(timeout=30)
     assert (answer.status_code, error_of(answer)["code"]) == (503, "service_paused")
     assert list(fake.calls.values()) == ["ended"], "the call it made was hung up"
     assert json.loads(paused.get_body())["paused"] is True
@@ -292,8 +293,9 @@ def test_the_operator_routes_take_the_admin_key_never_a_function_key(fake) -> No
         assert requests.post(pause, timeout=30).status_code == 401
         assert requests.post(pause, headers={"x-functions-key": "master-key-5678"}, timeout=30).json()["paused"] is True
         connect_url = host.url + "/connect"
-        body = {"data": OFFER, "headers": {"Content-Type": "application/sdp", "x-functions-key": "page-key-1234"}}
-        assert requests.post(connect_url, timeout=30, **body).status_code == 503, "paused, for the page's key too"
+        headers = {"Content-Type": "application/sdp", "x-functions-key": "page-key-1234"}
+        connect = requests.post(connect_url, data=OFFER, headers=headers, timeout=30)
+        assert connect.status_code == 503, "paused, for the page's key too"
     finally:
         host.close()
 

@@ -3,7 +3,6 @@ JSON error inside the connect deadline, no call escapes the ledger, and each cal
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import threading
@@ -15,8 +14,8 @@ import pytest
 
 from localdev.fake_openai import Fault
 from tests.azurite import Storage
-from tests.conftest import WORKER_LOOP, error_of, make_proxy, offer_request, request
-from tests.test_shared_limits import hang_up_request, run_together, wait_for
+from tests.conftest import error_of, in_flight, make_proxy, offer_request, request, run_together
+from tests.test_shared_limits import hang_up_request, wait_for
 
 
 def storage_env(azurite: Storage, name: str = "limits") -> dict[str, str]:
@@ -75,7 +74,7 @@ def test_one_deadline_bounds_a_connect_when_storage_stalls(fake, azurite) -> Non
 def test_a_call_that_cannot_be_recorded_is_hung_up_and_the_caller_told(fake, azurite) -> None:
     proxy = make_proxy(fake, CONNECT_DEADLINE_SECONDS="4", **storage_env(azurite))
     fake.fail_next("calls", Fault(status=None, delay=1.0))  # storage stalls while the call is being created
-    answer = asyncio.run_coroutine_threadsafe(proxy.proxy.connect(offer_request()), WORKER_LOOP)
+    answer = in_flight(proxy.proxy.connect(offer_request()))
     wait_for(lambda: fake.calls_to("calls"), "the connect to reach /calls")
     with stalled(azurite):
         started = time.monotonic()
@@ -90,7 +89,7 @@ def test_a_call_neither_recorded_nor_hung_up_is_ended_by_its_instance_when_it_ca
     proxy = make_proxy(fake, CONNECT_DEADLINE_SECONDS="4", **storage_env(azurite))
     fake.fail_next("calls", Fault(status=None, delay=1.0))
     fake.fail_next("hangup", Fault(status=503), times=2)  # the hang-up fails too, and so does its first retry
-    answer = asyncio.run_coroutine_threadsafe(proxy.proxy.connect(offer_request()), WORKER_LOOP)
+    answer = in_flight(proxy.proxy.connect(offer_request()))
     wait_for(lambda: fake.calls_to("calls"), "the connect to reach /calls")
     with stalled(azurite):
         refused = answer.result(timeout=30)

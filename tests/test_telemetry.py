@@ -19,11 +19,12 @@ from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import Histogram, HistogramDataPoint, InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.util.types import AnyValue
 
 from localdev.fake_openai import FakeAzureOpenAI, Fault
 from realtime_proxy import telemetry as t
@@ -52,15 +53,15 @@ class Exported:
     def names(self) -> list[str]:
         return [s.name for s in self.spans.get_finished_spans()]
 
-    def histogram(self, name: str) -> dict[tuple[tuple[str, str], ...], HistogramDataPoint]:
+    def histogram(self, name: str) -> dict[tuple[tuple[str, AnyValue], ...], HistogramDataPoint]:
         """Data points by their attributes, e.g. {(("realtime.outcome", "ok"),): point}."""
         data = self.metrics.get_metrics_data()
         return {
-            tuple(sorted(point.attributes.items())): point
+            tuple(sorted((point.attributes or {}).items(), key=lambda item: item[0])): point
             for resource in (data.resource_metrics if data else ())
             for scope in resource.scope_metrics
             for metric in scope.metrics
-            if metric.name == name
+            if metric.name == name and isinstance(metric.data, Histogram)
             for point in metric.data.data_points
         }
 

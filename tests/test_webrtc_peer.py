@@ -50,6 +50,7 @@ class Microphone(AudioStreamTrack):
 
     async def recv(self) -> av.AudioFrame:
         frame = await super().recv()  # paced silence
+        assert isinstance(frame, av.AudioFrame) and frame.pts is not None
         if self.speaking:
             step = 2 * math.pi * 440 / frame.sample_rate
             tone = array.array("h", (int(16000 * math.sin(step * (frame.pts + i))) for i in range(frame.samples)))

@@ -311,7 +311,7 @@ class Conversation:
             self._cancel_response("turn_detected")
 
     def _stop_speech(self, vad: dict) -> None:
-        item_id, self._speech_item = self._speech_item, None
+        item_id, self._speech_item = self._speech_item or new_id("item"), None
         self._loud_ms = 0.0
         self._send("input_audio_buffer.speech_stopped", item_id=item_id, audio_end_ms=int(self._last_loud_ms))
         self._commit(item_id, (self._last_loud_ms - self._speech_start_ms) / 1000)

@@ -41,9 +41,11 @@ async def audio_frames(track: MediaStreamTrack) -> AsyncIterator[av.AudioFrame]:
     """Frames from a remote audio track until it ends."""
     while True:
         try:
-            yield await track.recv()
+            frame = await track.recv()
         except MediaStreamError:
             return
+        if isinstance(frame, av.AudioFrame):  # an audio track yields only audio frames; recv() is typed for any
+            yield frame
 
 
 class ToneTrack(MediaStreamTrack):
