@@ -259,6 +259,21 @@ def test_the_microphone_can_be_changed_during_a_call_and_is_remembered(page: Pag
     page.wait_for_function(f"document.getElementById('microphone').value === {chosen!r}")
 
 
+def test_the_microphone_picker_lists_each_device_once(page: Page, peers: PeerHost) -> None:  # noqa: F811
+    start(page, peers)  # labels are known once the microphone is allowed
+    page.wait_for_function("document.getElementById('microphone').textContent.includes('Fake Audio Input')")
+    options = page.eval_on_selector_all("#microphone option", "os => os.map(o => [o.value, o.textContent])")
+    inputs = page.evaluate(
+        "navigator.mediaDevices.enumerateDevices()"
+        ".then(ds => ds.filter(d => d.kind === 'audioinput').map(d => d.deviceId))"
+    )
+    assert "default" in inputs, "Chromium lists the default device under an id of its own as well"
+    assert options[0] == ["", "Default microphone"]
+    assert [value for value, _ in options[1:]] == [i for i in inputs if i not in ("default", "communications")]
+    labels = [label for _, label in options]
+    assert len(labels) == len(set(labels)), f"a device is listed twice: {labels}"
+
+
 UNPLUGGABLE = """
 // Fake devices cannot be unplugged, so the test hides one from the device list and announces the change,
 // as the browser does when a USB microphone goes.
