@@ -515,14 +515,35 @@ function absolute(endpoint) {
   return new URL(endpoint, globalThis.document?.baseURI ?? globalThis.location?.href);
 }
 
-/** fetch, with "server unreachable" (a TypeError, also what a CORS refusal looks like) turned into a RealtimeError. */
+/** fetch, with "no answer" (a TypeError: the server is down, or it refused this page's origin) as a RealtimeError. */
 async function request(url, init) {
   try {
     return await fetch(url, init);
   } catch (error) {
     if (error?.name === "AbortError") throw error;
-    throw new RealtimeError("network_error", `Could not reach ${url} (the server is down, or it refused this page's origin).`);
+    throw unanswered(url);
   }
+}
+
+/**
+ * Why a fetch got no answer the page may read. Same origin: the server is unreachable. Another origin: most likely
+ * the answer came without this site in its Access-Control-Allow-Origin (the browser hides it and says only "Failed
+ * to fetch"), so say that, and how the site's owner can check.
+ */
+function unanswered(url) {
+  const here = globalThis.location?.origin;
+  if (!here || here === "null" || url.origin === here) {
+    return new RealtimeError("network_error", `Could not reach ${url}: the server is down or unreachable.`);
+  }
+  return new RealtimeError(
+    "cross_origin_blocked",
+    `The browser could not read an answer from ${url.origin}: this site (${here}) may not be allowed to use this endpoint.`,
+    {
+      hint: `The app's ALLOWED_ORIGINS setting must list ${here}, and the function app's platform CORS list stay empty. ` +
+        `To check: open ${new URL("config", url)} in a new tab (any answer means the server is up), and look for the ` +
+        "blocked request in the browser's developer console. An endpoint that needs a function key also needs ?code=<key>.",
+    },
+  );
 }
 
 /** A RealtimeError from a failed response: the server's {"error": {code, message}} when present, else a readable summary. */

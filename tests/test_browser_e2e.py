@@ -294,3 +294,35 @@ def test_embedding_from_a_refused_origin(browser, emulator, embed_origin, peers)
         context.close()
     finally:
         strict.close()
+
+
+def test_a_cross_origin_refusal_the_browser_cannot_read_says_to_check_allowed_origins(
+    browser, emulator, embed_origin
+) -> None:
+    # The Functions host refuses a connect without its key before the app runs, with no CORS headers: the page on
+    # another origin gets no readable answer, as it does behind any front end that refuses its origin that way.
+    keyed = LocalHost(
+        {
+            "AZURE_OPENAI_BASE_URL": emulator.url,
+            "AZURE_OPENAI_API_KEY": API_KEY,
+            "CONNECT_AUTH_LEVEL": "function",
+            "LOCAL_FUNCTION_KEY": "a-key-this-page-does-not-have",
+        }
+    )
+    try:
+        known = len(emulator.requests)
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(f"{embed_origin}/embed-example.html?app={keyed.url}")
+        page.locator("realtime-voice button.toggle").click()
+        error = page.locator("realtime-voice .error")
+        error.wait_for()
+        assert error.locator(".error-code").inner_text() == "cross_origin_blocked"
+        shown = error.inner_text()
+        assert f"this site ({embed_origin}) may not be allowed to use this endpoint" in shown
+        assert "ALLOWED_ORIGINS" in shown and f"{keyed.url}/config" in shown, "it says how to check"
+        assert "Failed to fetch" not in shown
+        assert len(emulator.requests) == known
+        context.close()
+    finally:
+        keyed.close()
