@@ -55,20 +55,6 @@ ui.mute.addEventListener("click", () => {
   conversation.mute(!conversation.muted);
   showMuted(conversation.muted);
 });
-conversation.addEventListener("phase", ({ detail: { phase } }) => (phase === "idle" ? finish() : setPhase(phase)));
-conversation.addEventListener("call", ({ detail: { session, reconnected } }) => {
-  if (reconnected) showCallNotice("Reconnected. The assistant was given the conversation so far.");
-  adopt(session);
-});
-conversation.addEventListener("ended", ({ detail }) => onEnded(detail));
-conversation.addEventListener("reconnecting", ({ detail }) => showReconnecting(detail));
-conversation.addEventListener("gaveup", ({ detail: { message } }) => {
-  showCallNotice(`${message} Could not reconnect.`, { offerContinue: transcript.lines.length > 0 });
-});
-conversation.addEventListener("waiting", ({ detail: { seconds } }) => {
-  showCallNotice(`Every conversation the server allows is in use; trying again in ${seconds} s.`);
-});
-conversation.addEventListener("failed", ({ detail: { error } }) => showError(ui.error, error));
 ui.interrupt.addEventListener("click", () => state.session.interrupt());
 ui.compose.addEventListener("submit", (event) => {
   event.preventDefault();
@@ -90,6 +76,7 @@ ui.microphone.addEventListener("change", () => {
   localStorage.setItem(MICROPHONE_KEY, ui.microphone.value);
   if (state.session) switchMicrophone(ui.microphone.value);
 });
+wireConversation();
 wirePushToTalk();
 wireKeeping();
 watchMicrophones(onDevicesChanged);
@@ -149,6 +136,22 @@ function start({ context = [] } = {}) {
   showCallNotice(null);
   conversation.start({ context });
   ui.stop.focus();
+}
+
+/** The page's side of the conversation's phases and calls (conversation.js runs the cycle itself). */
+function wireConversation() {
+  conversation.addEventListener("phase", ({ detail: { phase } }) => (phase === "idle" ? finish() : setPhase(phase)));
+  conversation.addEventListener("call", ({ detail: { session, reconnected } }) => {
+    if (reconnected) showCallNotice("Reconnected. The assistant was given the conversation so far.");
+    adopt(session);
+  });
+  conversation.addEventListener("ended", ({ detail }) => onEnded(detail));
+  conversation.addEventListener("reconnecting", ({ detail }) => showReconnecting(detail));
+  conversation.addEventListener("gaveup", ({ detail: { message } }) => {
+    showCallNotice(`${message} Could not reconnect.`, { offerContinue: transcript.lines.length > 0 });
+  });
+  conversation.addEventListener("waiting", ({ detail: { message } }) => showCallNotice(message));
+  conversation.addEventListener("failed", ({ detail: { error } }) => showError(ui.error, error));
 }
 
 /** Show a live call: its transcript, errors, log, meters, time left. */

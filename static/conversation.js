@@ -13,8 +13,8 @@ const SHORT_WAIT_S = 5; // a start refused with too_many_sessions and a Retry-Af
  * session. Phases (`phase` event and getter): idle → connecting → live → ending → idle, with reconnecting → live
  * after an accident. Events: `phase` {phase}; `call` {session, reconnected} when a call goes live; `ended` (the
  * session's `ended` detail) when it ends; `reconnecting` {attempt, maxAttempts, at, message} before each new try;
- * `gaveup` {message} when no new call could be opened (or reconnecting was stopped); `waiting` {seconds, error}
- * before the one retry of a start refused for a short while; `failed` {error} when a start fails.
+ * `gaveup` {message} when no new call could be opened (or reconnecting was stopped); `waiting` {seconds, error,
+ * message} before the one retry of a start refused for a short while; `failed` {error} when a start fails.
  */
 export class Conversation extends EventTarget {
   #open;
@@ -79,7 +79,8 @@ export class Conversation extends EventTarget {
     } catch (error) {
       const seconds = error?.code === "too_many_sessions" ? error.retryAfter : undefined;
       if (!(seconds <= SHORT_WAIT_S)) throw error;
-      this.#emit("waiting", { seconds, error });
+      const message = `Every conversation the server allows is in use; trying again in ${seconds} s.`;
+      this.#emit("waiting", { seconds, error, message });
       await sleep(seconds * 1000, signal);
       return this.#openCall(signal, context);
     }

@@ -147,9 +147,7 @@ export class RealtimeVoiceElement extends HTMLElement {
       showStatus(this.#ui.status, "reconnecting");
     });
     conversation.addEventListener("gaveup", ({ detail: { message } }) => this.#say(`${message} Could not reconnect.`));
-    conversation.addEventListener("waiting", ({ detail: { seconds } }) => {
-      this.#say(`Every conversation the server allows is in use; trying again in ${seconds} s.`);
-    });
+    conversation.addEventListener("waiting", ({ detail: { message } }) => this.#say(message));
     conversation.addEventListener("failed", ({ detail: { error } }) => {
       const { code = "error", message = String(error), hint, status } = error ?? {};
       showError(this.#ui.error, { code, message, hint });
