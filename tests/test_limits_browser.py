@@ -30,19 +30,24 @@ def emulator(peers: PeerHost) -> Iterator[FakeAzureOpenAI]:  # noqa: F811
     service.close()
 
 
-@pytest.fixture(scope="module")
-def app(emulator: FakeAzureOpenAI) -> Iterator[LocalHost]:
-    host = LocalHost(
+def one_slot_app(emulator: FakeAzureOpenAI, session_seconds: int) -> LocalHost:
+    """The app with one session slot in all, calls limited to `session_seconds`, and the sweep every second."""
+    return LocalHost(
         {
             "AZURE_OPENAI_BASE_URL": emulator.url,
             "AZURE_OPENAI_API_KEY": API_KEY,
             "REALTIME_EMULATOR": "true",
             "RATE_LIMIT_PER_MINUTE": "0",
             "MAX_ACTIVE_SESSIONS": "1",
-            "REALTIME_MAX_SESSION_SECONDS": str(LIMIT_SECONDS),
+            "REALTIME_MAX_SESSION_SECONDS": str(session_seconds),
             "LOCAL_TIMER_INTERVAL_SECONDS": "1",
         }
     )
+
+
+@pytest.fixture(scope="module")
+def app(emulator: FakeAzureOpenAI) -> Iterator[LocalHost]:
+    host = one_slot_app(emulator, LIMIT_SECONDS)
     yield host
     host.close()
 
@@ -109,18 +114,8 @@ def test_start_waits_until_end_has_freed_the_slot_however_slow_the_hang_up(page:
 
 @pytest.fixture
 def long_limit_app(emulator: FakeAzureOpenAI) -> Iterator[LocalHost]:
-    """One session slot, held long enough for another visitor to be refused first for long, then briefly."""
-    host = LocalHost(
-        {
-            "AZURE_OPENAI_BASE_URL": emulator.url,
-            "AZURE_OPENAI_API_KEY": API_KEY,
-            "REALTIME_EMULATOR": "true",
-            "RATE_LIMIT_PER_MINUTE": "0",
-            "MAX_ACTIVE_SESSIONS": "1",
-            "REALTIME_MAX_SESSION_SECONDS": "20",
-            "LOCAL_TIMER_INTERVAL_SECONDS": "1",
-        }
-    )
+    """A slot held long enough for another visitor to be refused first for long, then briefly."""
+    host = one_slot_app(emulator, 20)
     yield host
     host.close()
 
