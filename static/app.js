@@ -1,9 +1,8 @@
 // The app page: DOM wiring only. Session logic lives in realtime-session.js and the modules it composes.
 
 import { connect, fetchConfig } from "./realtime-session.js";
+import { Conversation } from "./conversation.js";
 import { listMicrophones, watchMicrophones } from "./devices.js";
-import { Reconnector } from "./reconnect.js";
-import { Transcript } from "./transcript.js";
 import { renderTranscript, showError, showStatus } from "./realtime-view.js";
 import { primeAudio, watchLevel } from "./audio-level.js";
 
@@ -28,11 +27,12 @@ const ui = Object.fromEntries([
 ].map((id) => [id.replace(/-(\w)/g, (_, c) => c.toUpperCase()), document.getElementById(id)]));
 
 const state = {
-  session: null, abort: null, reconnector: null, status: "idle", assistantLevel: 0, instructionsEditable: true,
+  session: null, status: "idle", assistantLevel: 0, instructionsEditable: true,
   config: {}, live: [], // functions that undo what adopt() set up for the live session
 };
-const transcript = new Transcript();
-window.realtimeApp = { session: null, transcript };
+const conversation = new Conversation(openSession);
+const { transcript } = conversation;
+window.realtimeApp = { session: null, transcript, conversation };
 // With CONNECT_AUTH_LEVEL=function, open the page as /?code=<key> and the key is passed on to /connect.
 const functionKey = new URLSearchParams(location.search).get("code");
 const ENDPOINT = functionKey ? `/connect?code=${encodeURIComponent(functionKey)}` : "/connect";
@@ -48,16 +48,12 @@ ui.instructions.addEventListener("input", () => {
 });
 ui.start.addEventListener("click", () => start());
 ui.continue.addEventListener("click", () => start({ context: transcript.lastTurns() }));
-// Cancels a connect or a reconnection in progress, or ends the session (one from a reconnection has no abort signal).
-ui.stop.addEventListener("click", () => {
-  state.reconnector?.cancel();
-  state.abort?.abort();
-  state.session?.close();
-});
-ui.cancelReconnect.addEventListener("click", () => state.reconnector?.cancel());
+ui.stop.addEventListener("click", () => conversation.stop());
+ui.cancelReconnect.addEventListener("click", () => conversation.stop());
+// The user's mute holds until they unmute: across reconnections, a continue, a new start and microphone switches.
 ui.mute.addEventListener("click", () => {
-  state.session.mute(!state.session.muted);
-  showMuted(state.session.muted);
+  conversation.mute(!conversation.muted);
+  showMuted(conversation.muted);
 });
 ui.interrupt.addEventListener("click", () => state.session.interrupt());
 ui.compose.addEventListener("submit", (event) => {
@@ -80,6 +76,7 @@ ui.microphone.addEventListener("change", () => {
   localStorage.setItem(MICROPHONE_KEY, ui.microphone.value);
   if (state.session) switchMicrophone(ui.microphone.value);
 });
+wireConversation();
 wirePushToTalk();
 wireKeeping();
 watchMicrophones(onDevicesChanged);
@@ -115,13 +112,15 @@ function pushToTalk() {
   return Boolean(state.config.turnDetection?.choosable) && document.querySelector("input[name=turns]:checked")?.value === "manual";
 }
 
-function openSession(signal, context = []) {
+/** One call with the page's current choices; the conversation adds the signal, the turns so far and the mute. */
+function openSession({ signal, context, muted }) {
   return connect({
     endpoint: ENDPOINT,
     voice: ui.voice.value,
     instructions: state.instructionsEditable ? ui.instructions.value : "",
     audioElement: ui.remoteAudio,
     microphone: ui.microphone.value || true,
+    muted,
     context,
     turns: pushToTalk() ? "manual" : "auto",
     maxSeconds: state.config.session?.maxSeconds ?? null,
@@ -131,24 +130,31 @@ function openSession(signal, context = []) {
   });
 }
 
-async function start({ context = [] } = {}) {
+function start({ context = [] } = {}) {
   primeAudio(); // inside the click, so Safari lets the meters' AudioContext run
   showError(ui.error, null);
   showCallNotice(null);
-  const abort = (state.abort = new AbortController());
-  setPhase("connecting");
+  conversation.start({ context });
   ui.stop.focus();
-  try {
-    const session = await openSession(abort.signal, context);
-    if (session.status === "disconnected") return finish(); // ended while the last step finished
-    adopt(session);
-  } catch (error) {
-    if (error?.name !== "AbortError") showError(ui.error, error);
-    finish();
-  }
 }
 
-/** Show a live session: its transcript, errors, log, meters, time left; and react to its end. */
+/** The page's side of the conversation's phases and calls (conversation.js runs the cycle itself). */
+function wireConversation() {
+  conversation.addEventListener("phase", ({ detail: { phase } }) => (phase === "idle" ? finish() : setPhase(phase)));
+  conversation.addEventListener("call", ({ detail: { session, reconnected } }) => {
+    if (reconnected) showCallNotice("Reconnected. The assistant was given the conversation so far.");
+    adopt(session);
+  });
+  conversation.addEventListener("ended", ({ detail }) => onEnded(detail));
+  conversation.addEventListener("reconnecting", ({ detail }) => showReconnecting(detail));
+  conversation.addEventListener("gaveup", ({ detail: { message } }) => {
+    showCallNotice(`${message} Could not reconnect.`, { offerContinue: transcript.lines.length > 0 });
+  });
+  conversation.addEventListener("waiting", ({ detail: { message } }) => showCallNotice(message));
+  conversation.addEventListener("failed", ({ detail: { error } }) => showError(ui.error, error));
+}
+
+/** Show a live call: its transcript, errors, log, meters, time left. */
 function adopt(session) {
   state.session = window.realtimeApp.session = session;
   const on = (type, handler) => {
@@ -160,8 +166,6 @@ function adopt(session) {
   on("sent", ({ detail }) => log("out", detail));
   on("audio", ({ detail }) => { ui.enableAudio.hidden = !detail.blocked; });
   on("microphone", () => watchMicrophone(session));
-  on("ended", ({ detail }) => onEnded(detail));
-  state.live.push(transcript.follow(session));
   ui.enableAudio.hidden = !session.audioBlocked;
   watchMicrophone(session);
   const stopAssistantMeter = watchLevel(session.remoteStream, (level) => {
@@ -169,7 +173,6 @@ function adopt(session) {
     showSpeaking();
   });
   state.live.push(stopAssistantMeter, countDown(session));
-  setPhase("live");
   listMicrophones().then(showMicrophones); // labels are known once the microphone is allowed
 }
 
@@ -188,45 +191,32 @@ function watchMicrophone(session) {
 
 function onEnded(detail) {
   leaveLive();
-  if (detail.reconnectable) return reconnect(detail);
-  const why = detail.reason === "time_limit" ? " Start a new conversation that continues from where you were." : "";
-  showCallNotice(detail.message + why, { offerContinue: !detail.byUser && transcript.lines.length > 0 });
-  finish();
-}
-
-/** After an accidental end: new calls with capped backoff, each replaying the last turns; the user may cancel. */
-async function reconnect(detail) {
-  const reconnector = (state.reconnector = new Reconnector((signal) => openSession(signal, transcript.lastTurns())));
-  let nextTry = 0;
-  reconnector.addEventListener("reconnecting", ({ detail: attempt }) => {
-    const tell = () => {
-      const seconds = Math.max(0, Math.ceil((attempt.at - Date.now()) / 1000));
-      ui.callNoticeText.textContent = `${detail.message} Reconnecting: attempt ${attempt.attempt} of ${attempt.maxAttempts}` +
-        (seconds ? `, next try in ${seconds} s.` : ", trying now.");
-    };
-    clearInterval(nextTry);
+  if (detail.reconnectable) {
     showCallNotice(detail.message, { reconnecting: true });
-    tell();
-    nextTry = setInterval(tell, 1000);
-  });
-  setPhase("connecting");
-  showStatus(ui.status, "reconnecting");
-  const session = await reconnector.run();
-  clearInterval(nextTry);
-  state.reconnector = null;
-  if (session && session.status !== "disconnected") {
-    showCallNotice("Reconnected. The assistant was given the conversation so far.");
-    adopt(session);
+    showStatus(ui.status, "reconnecting");
     return;
   }
-  session?.close();
-  showCallNotice(`${detail.message} Could not reconnect.`, { offerContinue: transcript.lines.length > 0 });
-  finish();
+  const why = detail.reason === "time_limit" ? " Start a new conversation that continues from where you were." : "";
+  showCallNotice(detail.message + why, { offerContinue: !detail.byUser && transcript.lines.length > 0 });
+}
+
+/** Each try of a reconnection, counting down to it; the user may stop reconnecting. */
+function showReconnecting({ attempt, maxAttempts, at, message }) {
+  const tell = () => {
+    const seconds = Math.max(0, Math.ceil((at - Date.now()) / 1000));
+    ui.callNoticeText.textContent = `${message} Reconnecting: attempt ${attempt} of ${maxAttempts}` +
+      (seconds ? `, next try in ${seconds} s.` : ", trying now.");
+  };
+  clearInterval(state.nextTry);
+  showCallNotice(message, { reconnecting: true });
+  tell();
+  state.nextTry = setInterval(tell, 1000);
 }
 
 function onStatus(status) {
   state.status = status;
-  const reconnecting = state.reconnector && (status === "connecting" || status === "error" || status === "disconnected");
+  const reconnecting = conversation.phase === "reconnecting" &&
+    (status === "connecting" || status === "error" || status === "disconnected");
   showStatus(ui.status, reconnecting ? "reconnecting" : status);
   showSpeaking();
 }
@@ -243,24 +233,24 @@ function leaveLive() {
 /** Back to idle after an end, a drop or a failed start; the status line keeps saying which. */
 function finish() {
   leaveLive();
-  state.abort = null;
   // Keep keyboard users in place: focus on a control that idle disables moves to Start (or Continue, if offered).
-  const focusLost = [document.body, ui.stop, ui.mute, ui.interrupt, ui.message, ui.send, ui.talk].includes(document.activeElement);
+  const focusLost = [document.body, ui.stop, ui.interrupt, ui.message, ui.send, ui.talk].includes(document.activeElement);
   setPhase("idle");
-  showMuted(false);
   if (focusLost) (ui.continue.hidden ? ui.start : ui.continue).focus();
 }
 
+/** idle, connecting, live, reconnecting, or ending (the server has not yet answered the hang-up: Start waits). */
 function setPhase(phase) {
+  if (phase !== "reconnecting") clearInterval(state.nextTry);
   const idle = phase === "idle";
   const live = phase === "live";
-  ui.start.disabled = !idle;
-  ui.stop.disabled = idle;
-  ui.stop.textContent = phase === "connecting" ? "Cancel" : "End conversation";
+  ui.start.disabled = ui.continue.disabled = !idle;
+  ui.stop.disabled = idle || phase === "ending";
+  ui.stop.textContent = phase === "connecting" || phase === "reconnecting" ? "Cancel" : "End conversation";
   ui.voice.disabled = ui.preset.disabled = ui.instructions.disabled = !idle;
   for (const radio of document.querySelectorAll("input[name=turns]")) radio.disabled = !idle;
-  ui.mute.disabled = ui.interrupt.disabled = ui.message.disabled = ui.send.disabled = !live;
-  const manual = live ? state.session.manualTurns : pushToTalk();
+  ui.interrupt.disabled = ui.message.disabled = ui.send.disabled = !live;
+  const manual = live ? conversation.session.manualTurns : pushToTalk();
   ui.talk.hidden = ui.talkHint.hidden = !manual;
   ui.talk.disabled = !live;
 }

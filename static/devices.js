@@ -28,11 +28,18 @@ export async function openMicrophone(deviceId) {
   }
 }
 
-/** The audio inputs as `{deviceId, label}`; labels are empty until the page has had microphone permission. */
+// Chromium also lists the system's default (and, on Windows, communications) device under these ids: the same
+// microphone twice. Pickers offer "the default" as no deviceId at all, which follows the system's choice.
+const ALIASES = new Set(["default", "communications"]);
+
+/**
+ * The audio inputs as `{deviceId, label}`, each device once (see ALIASES); labels are empty until the page has had
+ * microphone permission.
+ */
 export async function listMicrophones() {
   const devices = (await navigator.mediaDevices?.enumerateDevices?.()) ?? [];
   return devices
-    .filter((device) => device.kind === "audioinput" && device.deviceId)
+    .filter((device) => device.kind === "audioinput" && device.deviceId && !ALIASES.has(device.deviceId))
     .map(({ deviceId, label }, index) => ({ deviceId, label: label || `Microphone ${index + 1}` }));
 }
 

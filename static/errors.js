@@ -23,7 +23,7 @@ const HINTS = {
   microphone_denied: "Allow microphone access for this site (usually from the address bar), then try again.",
   microphone_unavailable: "Connect a microphone or close other apps using it. Browsers only offer the microphone to HTTPS or localhost pages.",
   http_401: "The endpoint wants a Functions key (CONNECT_AUTH_LEVEL=function): add ?code=<key> to the endpoint URL.",
-  network_error: "Check that the server is running; a server on another origin must also allow this page's origin (CORS).",
+  network_error: "Check that the server is running and that this network can reach it, then try again.",
   connection_failed: WEBRTC_HINT,
   connect_timeout: WEBRTC_HINT,
 };

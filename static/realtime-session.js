@@ -12,6 +12,7 @@ const OPEN_TIMEOUT_MS = 20_000;
 const DROP_GRACE_MS = 3_000; // ICE "disconnected" this long (no packets either way) is a lost connection
 const LIMIT_SLACK_S = 15; // a hang-up by the server this close to the session limit is the limit
 const MIN_TALK_MS = 150; // a push-to-talk press shorter than this is a slip, not a turn (the service wants 100 ms)
+const HANGUP_WAIT_MS = 10_000; // `closed` stops waiting for the server's answer to the hang-up after this long
 
 /**
  * Why a session ended (the `ended` event's `reason`): `user` (close(), or the caller's signal), `time_limit` (the
@@ -67,23 +68,25 @@ export async function fetchConfig(endpointBase = "/connect", { signal } = {}) {
  * before the caller holds the session.
  *
  * `microphone`: true (the default device), a deviceId (falls back to the default if it is gone) or false.
+ * `muted`: open the call muted (see mute()); the microphone is silenced before its track reaches the connection.
  * `context`: earlier turns `[{role: "user"|"assistant", text}]`, replayed into the new call before it is listening,
  * so the assistant remembers a conversation an earlier call started. `turns: "manual"` turns the service's turn
  * detection off (push-to-talk: see startTalking/stopTalking). `maxSeconds`: the server's session limit (/config's
  * `session.maxSeconds`); the session ends itself there (reason `time_limit`) and `endsAt` says when.
  */
 export async function connect({
-  endpoint = "/connect", voice, instructions, audioElement, microphone = true, context = [], turns = "auto",
-  maxSeconds = null, onEvent, onStatus, signal,
+  endpoint = "/connect", voice, instructions, audioElement, microphone = true, muted = false, context = [],
+  turns = "auto", maxSeconds = null, onEvent, onStatus, signal,
 } = {}) {
   return RealtimeSession.open({
-    endpoint, voice, instructions, audioElement, microphone, context, turns, maxSeconds, onEvent, onStatus, signal,
+    endpoint, voice, instructions, audioElement, microphone, muted, context, turns, maxSeconds, onEvent, onStatus,
+    signal,
   });
 }
 
 class RealtimeSession extends EventTarget {
   #status = null;
-  #closed = false;
+  #ended = false;
   #endedReason = null;
   #muted = false;
   #manualTurns = false;
@@ -106,6 +109,13 @@ class RealtimeSession extends EventTarget {
   #partial = new Map(); // "role:itemId" → transcript text so far
   #audioPlaying = false;
   #typedCount = 0;
+  #closed;
+  #settleClosed;
+
+  constructor() {
+    super();
+    this.#closed = new Promise((resolve) => { this.#settleClosed = resolve; });
+  }
 
   static async open({ audioElement, onEvent, onStatus, ...options }) {
     const session = new RealtimeSession();
@@ -134,6 +144,11 @@ class RealtimeSession extends EventTarget {
   get endedReason() { return this.#endedReason; }
   /** True while the browser refuses to play the assistant's audio until the user clicks (see resumeAudio). */
   get audioBlocked() { return this.#audioBlocked; }
+  /**
+   * Resolves once the call is over at both ends: after `ended`, when the server has answered the hang-up (at once
+   * when none is sent, at the latest after HANGUP_WAIT_MS). Until then the server may still count the call.
+   */
+  get closed() { return this.#closed; }
 
   /** Send a client event object over the data channel; dispatches `sent` so logs can show both directions. */
   send(event) {
@@ -189,17 +204,17 @@ class RealtimeSession extends EventTarget {
    */
   async useMicrophone(deviceId) {
     const sender = this.#pc?.getSenders().find((s) => s.track?.kind === "audio" || s.track === null);
-    if (!sender || this.#closed) throw new RealtimeError("not_connected", "The session is not connected.");
+    if (!sender || this.#ended) throw new RealtimeError("not_connected", "The session is not connected.");
     const { stream, fellBack } = await openMicrophone(deviceId);
     const [track] = stream.getAudioTracks();
-    if (this.#closed) {
+    if (this.#ended) {
       track.stop();
       throw new RealtimeError("not_connected", "The session ended while the microphone opened.");
     }
+    this.#applyMicrophone(stream); // before the sender has it: a muted call never sends the new device
     await sender.replaceTrack(track);
     for (const old of this.#localStream?.getTracks() ?? []) old.stop();
     this.#localStream = stream;
-    this.#applyMicrophone();
     this.dispatchEvent(new CustomEvent("microphone", { detail: { stream, fellBack } }));
     return { deviceId: track.getSettings?.().deviceId, fellBack };
   }
@@ -222,11 +237,14 @@ class RealtimeSession extends EventTarget {
     this.#end("user");
   }
 
-  async #start({ endpoint, voice, instructions, microphone, context, turns, maxSeconds, signal }) {
+  async #start({ endpoint, voice, instructions, microphone, muted, context, turns, maxSeconds, signal }) {
+    this.#muted = Boolean(muted);
+    this.#manualTurns = turns === "manual";
     try {
       signal?.throwIfAborted();
       this.#setStatus("connecting");
       if (microphone) ({ stream: this.#localStream } = await openMicrophone(microphone === true ? undefined : microphone));
+      this.#applyMicrophone(); // before the connection has the track: muted (or push-to-talk) sends silence from the start
       signal?.throwIfAborted();
 
       const pc = (this.#pc = new RTCPeerConnection()); // no ICE servers: the service's candidates suffice
@@ -239,7 +257,7 @@ class RealtimeSession extends EventTarget {
         this.#audio.srcObject = this.#remoteStream;
         this.#audio.play?.()?.catch((error) => {
           // Safari/iOS, or a page without a recent click: say so, so the page can offer a button instead of silence.
-          if (error?.name !== "NotAllowedError" || this.#closed) return;
+          if (error?.name !== "NotAllowedError" || this.#ended) return;
           this.#audioBlocked = true;
           this.dispatchEvent(new CustomEvent("audio", { detail: { blocked: true } }));
         });
@@ -269,9 +287,7 @@ class RealtimeSession extends EventTarget {
       await waitForOpen(dc, pc, signal);
 
       this.#watchForTheEnd(dc, pc, signal);
-      if (turns === "manual") {
-        this.#manualTurns = true;
-        this.#applyMicrophone();
+      if (this.#manualTurns) {
         this.send({ type: "session.update", session: { type: "realtime", audio: { input: { turn_detection: null } } } });
       }
       this.#replay(context);
@@ -282,6 +298,7 @@ class RealtimeSession extends EventTarget {
       this.#setStatus("listening");
     } catch (error) {
       this.#release();
+      this.#hangUp(); // the server may have created the call already: let it go at once rather than at its limit
       this.#setStatus(error?.name === "AbortError" ? "disconnected" : "error");
       throw error;
     }
@@ -324,25 +341,40 @@ class RealtimeSession extends EventTarget {
   #end(reason) {
     if (!this.#release()) return;
     this.#endedReason = reason;
-    if (this.#hangupUrl && reason !== "server" && reason !== "service_limit") {
-      // keepalive: the request outlives a page being closed; failures change nothing here, the call is over.
-      fetch(this.#hangupUrl, { method: "POST", headers: { "X-Call-Token": this.#callToken }, keepalive: true }).catch(() => {});
-    }
+    if (reason === "server" || reason === "service_limit") this.#settleClosed();
+    else this.#hangUp();
     const detail = { reason, byUser: reason === "user", reconnectable: RECONNECTABLE.has(reason), message: ENDED_MESSAGES[reason] };
     this.dispatchEvent(new CustomEvent("ended", { detail }));
     this.#setStatus("disconnected");
   }
 
-  /** Mute, and push-to-talk's released button, both silence the track (the sender keeps sending silence). */
-  #applyMicrophone() {
+  /**
+   * Tell the server the call is over, so its slot is free; `closed` resolves when it has answered. keepalive: the
+   * request outlives a page being closed; a failure changes nothing here, the call is over (the server's sweep ends it).
+   */
+  #hangUp() {
+    if (!this.#hangupUrl) return this.#settleClosed();
+    const answered = fetch(this.#hangupUrl, { method: "POST", headers: { "X-Call-Token": this.#callToken }, keepalive: true });
+    const timer = setTimeout(this.#settleClosed, HANGUP_WAIT_MS);
+    answered.catch(() => {}).finally(() => {
+      clearTimeout(timer);
+      this.#settleClosed();
+    });
+  }
+
+  /**
+   * Mute, and push-to-talk's released button, both silence the track (the sender keeps sending silence). Every track
+   * gets this before the connection has it (`stream`: a new microphone's, else the current one's).
+   */
+  #applyMicrophone(stream = this.#localStream) {
     const live = !this.#muted && (!this.#manualTurns || this.talking);
-    for (const track of this.#localStream?.getAudioTracks() ?? []) track.enabled = live;
+    for (const track of stream?.getAudioTracks() ?? []) track.enabled = live;
   }
 
   /** Stop the tracks (the browser's mic indicator goes off) and close the channel and connection. False if already done. */
   #release() {
-    if (this.#closed) return false;
-    this.#closed = true;
+    if (this.#ended) return false;
+    this.#ended = true;
     clearTimeout(this.#limitTimer);
     clearTimeout(this.#dropTimer);
     for (const track of this.#localStream?.getTracks() ?? []) track.stop();
@@ -483,14 +515,35 @@ function absolute(endpoint) {
   return new URL(endpoint, globalThis.document?.baseURI ?? globalThis.location?.href);
 }
 
-/** fetch, with "server unreachable" (a TypeError, also what a CORS refusal looks like) turned into a RealtimeError. */
+/** fetch, with "no answer" (a TypeError: the server is down, or it refused this page's origin) as a RealtimeError. */
 async function request(url, init) {
   try {
     return await fetch(url, init);
   } catch (error) {
     if (error?.name === "AbortError") throw error;
-    throw new RealtimeError("network_error", `Could not reach ${url} (the server is down, or it refused this page's origin).`);
+    throw unanswered(url);
   }
+}
+
+/**
+ * Why a fetch got no answer the page may read. Same origin: the server is unreachable. Another origin: most likely
+ * the answer came without this site in its Access-Control-Allow-Origin (the browser hides it and says only "Failed
+ * to fetch"), so say that, and how the site's owner can check.
+ */
+function unanswered(url) {
+  const here = globalThis.location?.origin;
+  if (!here || here === "null" || url.origin === here) {
+    return new RealtimeError("network_error", `Could not reach ${url}: the server is down or unreachable.`);
+  }
+  return new RealtimeError(
+    "cross_origin_blocked",
+    `The browser could not read an answer from ${url.origin}: this site (${here}) may not be allowed to use this endpoint.`,
+    {
+      hint: `The app's ALLOWED_ORIGINS setting must list ${here}, and the function app's platform CORS list stay empty. ` +
+        `To check: open ${new URL("config", url)} in a new tab (any answer means the server is up), and look for the ` +
+        "blocked request in the browser's developer console. An endpoint that needs a function key also needs ?code=<key>.",
+    },
+  );
 }
 
 /** A RealtimeError from a failed response: the server's {"error": {code, message}} when present, else a readable summary. */

@@ -1,11 +1,12 @@
 // <realtime-voice endpoint="https://app.example/connect" voice="marin" instructions="…">: a drop-in voice chat
 // built on realtime-session.js. It re-dispatches the session's events (status, event, sent, transcript, error, ended)
 // on itself; they do not bubble, so a generic window "error" handler never mistakes them for script errors. Like the
-// page, it says why a call ended and reconnects after an accident, replaying the conversation so far.
+// page (and through the same conversation.js), it says why a call ended, reconnects after an accident replaying the
+// conversation so far, keeps the user's mute across calls, and lets Start wait until the server has let the last
+// call go.
 
 import { connect } from "./realtime-session.js";
-import { Reconnector } from "./reconnect.js";
-import { Transcript } from "./transcript.js";
+import { Conversation } from "./conversation.js";
 import { renderTranscript, showError, showStatus } from "./realtime-view.js";
 
 const template = document.createElement("template");
@@ -56,7 +57,7 @@ template.innerHTML = `
 </style>
 <div class="bar">
   <button type="button" class="toggle" part="button toggle">Start conversation</button>
-  <button type="button" class="mute" part="button mute" aria-pressed="false" disabled>Mute microphone</button>
+  <button type="button" class="mute" part="button mute" aria-pressed="false">Mute microphone</button>
   <span><span class="sr-only">Status: </span><span class="status" part="status" role="status" aria-live="polite"></span></span>
 </div>
 <p class="notice" part="notice" role="status" aria-live="polite" hidden></p>
@@ -68,13 +69,12 @@ template.innerHTML = `
 <audio autoplay></audio>
 `;
 
-const TOGGLE_LABELS = { idle: "Start conversation", connecting: "Cancel", live: "End conversation" };
+const TOGGLE_LABELS = {
+  idle: "Start conversation", connecting: "Cancel", reconnecting: "Cancel", live: "End conversation", ending: "Ending…",
+};
 
 export class RealtimeVoiceElement extends HTMLElement {
-  #session = null;
-  #abort = null;
-  #reconnector = null;
-  #transcript = new Transcript();
+  #conversation = new Conversation((options) => this.#open(options));
   #ui;
 
   constructor() {
@@ -88,52 +88,43 @@ export class RealtimeVoiceElement extends HTMLElement {
       enableAudio: find(".enable-audio"),
     };
     showStatus(this.#ui.status, "idle");
-    this.#ui.toggle.addEventListener("click", () => (this.#abort || this.#reconnector ? this.stop() : this.start()));
+    this.#ui.toggle.addEventListener("click", () => (this.#conversation.phase === "idle" ? this.start() : this.stop()));
     this.#ui.enableAudio.addEventListener("click", () => {
-      this.#session?.resumeAudio().then(() => { this.#ui.enableAudio.hidden = true; }, () => {});
+      this.session?.resumeAudio().then(() => { this.#ui.enableAudio.hidden = true; }, () => {});
     });
     this.#ui.mute.addEventListener("click", () => {
-      this.#session?.mute(!this.#session.muted);
-      this.#ui.mute.setAttribute("aria-pressed", String(Boolean(this.#session?.muted)));
+      this.#conversation.mute(!this.#conversation.muted);
+      this.#ui.mute.setAttribute("aria-pressed", String(this.#conversation.muted));
     });
+    this.#follow(this.#conversation);
   }
 
   /** The live session (for diagnostics), or null. */
-  get session() { return this.#session; }
+  get session() { return this.#conversation.session; }
 
-  async start() {
-    if (this.#abort || this.#reconnector) return;
-    const abort = (this.#abort = new AbortController());
+  start() {
+    if (this.#conversation.phase !== "idle") return;
     showError(this.#ui.error, null);
-    this.#ui.notice.hidden = true;
-    this.#setPhase("connecting");
-    try {
-      const session = await this.#open(abort.signal);
-      if (session.status === "disconnected") return this.#reset(); // stopped while the last step finished
-      this.#adopt(session);
-    } catch (error) {
-      if (error?.name !== "AbortError") {
-        const { code = "error", message = String(error), hint, status } = error ?? {};
-        showError(this.#ui.error, { code, message, hint });
-        this.#emit("error", { code, message, hint, status });
-      }
-      this.#reset();
-    }
+    this.#say("");
+    return this.#conversation.start();
   }
 
   /** Cancel a connect or a reconnection in progress, or end the session. */
   stop() {
-    this.#reconnector?.cancel();
-    this.#abort?.abort();
-    this.#session?.close(); // a session from a reconnection is not tied to the first connect's signal
+    this.#conversation.stop();
   }
 
-  #open(signal, context = []) {
+  disconnectedCallback() {
+    this.stop();
+  }
+
+  #open({ signal, context, muted }) {
     return connect({
       endpoint: this.getAttribute("endpoint") || "/connect",
       voice: this.getAttribute("voice") || undefined,
       instructions: this.getAttribute("instructions") || undefined,
       audioElement: this.#ui.audio,
+      muted,
       context,
       signal,
       onStatus: (status) => this.#onStatus(status),
@@ -141,42 +132,37 @@ export class RealtimeVoiceElement extends HTMLElement {
     });
   }
 
+  #follow(conversation) {
+    conversation.addEventListener("phase", ({ detail: { phase } }) => this.#setPhase(phase));
+    conversation.addEventListener("call", ({ detail: { session, reconnected } }) => {
+      if (reconnected) this.#say("Reconnected.");
+      this.#adopt(session);
+    });
+    conversation.addEventListener("ended", ({ detail }) => {
+      this.#ui.enableAudio.hidden = true;
+      this.#say(detail.message);
+    });
+    conversation.addEventListener("reconnecting", ({ detail: { attempt, maxAttempts, message } }) => {
+      this.#say(`${message} Reconnecting (attempt ${attempt} of ${maxAttempts})…`);
+      showStatus(this.#ui.status, "reconnecting");
+    });
+    conversation.addEventListener("gaveup", ({ detail: { message } }) => this.#say(`${message} Could not reconnect.`));
+    conversation.addEventListener("waiting", ({ detail: { message } }) => this.#say(message));
+    conversation.addEventListener("failed", ({ detail: { error } }) => {
+      const { code = "error", message = String(error), hint, status } = error ?? {};
+      showError(this.#ui.error, { code, message, hint });
+      this.#emit("error", { code, message, hint, status });
+    });
+  }
+
   #adopt(session) {
-    this.#session = session;
-    this.#transcript.follow(session);
     session.addEventListener("transcript", ({ detail }) => renderTranscript(this.#ui.transcript, detail));
     session.addEventListener("error", ({ detail }) => showError(this.#ui.error, detail));
     session.addEventListener("audio", ({ detail }) => { this.#ui.enableAudio.hidden = !detail.blocked; });
-    session.addEventListener("ended", ({ detail }) => this.#onEnded(detail));
     for (const type of ["transcript", "error", "sent", "ended"]) {
       session.addEventListener(type, ({ detail }) => this.#emit(type, detail));
     }
     this.#ui.enableAudio.hidden = !session.audioBlocked;
-    this.#setPhase("live");
-  }
-
-  /** Say why the call ended; after an accident, new calls with backoff, each given the conversation so far. */
-  async #onEnded(detail) {
-    this.#session = null;
-    this.#ui.enableAudio.hidden = true;
-    this.#say(detail.message);
-    if (!detail.reconnectable) return;
-    const reconnector = (this.#reconnector = new Reconnector((signal) => this.#open(signal, this.#transcript.lastTurns())));
-    reconnector.addEventListener("reconnecting", ({ detail: { attempt, maxAttempts } }) => {
-      this.#say(`${detail.message} Reconnecting (attempt ${attempt} of ${maxAttempts})…`);
-      showStatus(this.#ui.status, "reconnecting");
-    });
-    this.#setPhase("connecting");
-    const session = await reconnector.run();
-    this.#reconnector = null;
-    if (session && session.status !== "disconnected") {
-      this.#say("Reconnected.");
-      this.#adopt(session);
-      return;
-    }
-    session?.close();
-    this.#say(`${detail.message} Could not reconnect.`);
-    this.#reset();
   }
 
   #say(text) {
@@ -184,26 +170,14 @@ export class RealtimeVoiceElement extends HTMLElement {
     this.#ui.notice.hidden = !text;
   }
 
-  disconnectedCallback() {
-    this.stop();
-  }
-
   #onStatus(status) {
-    if (!this.#reconnector) showStatus(this.#ui.status, status);
+    if (this.#conversation.phase !== "reconnecting") showStatus(this.#ui.status, status);
     this.#emit("status", status);
-    if (status === "disconnected" && !this.#reconnector) this.#reset();
-  }
-
-  #reset() {
-    this.#session = null;
-    this.#abort = null;
-    this.#setPhase("idle");
   }
 
   #setPhase(phase) {
     this.#ui.toggle.textContent = TOGGLE_LABELS[phase];
-    this.#ui.mute.disabled = phase !== "live";
-    if (phase !== "live") this.#ui.mute.setAttribute("aria-pressed", "false");
+    this.#ui.toggle.disabled = phase === "ending";
   }
 
   #emit(type, detail) {

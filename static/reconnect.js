@@ -64,7 +64,8 @@ export class Reconnector extends EventTarget {
   }
 }
 
-function sleep(ms, signal) {
+/** Resolve after `ms`, or reject with the signal's reason as soon as it aborts. */
+export function sleep(ms, signal) {
   return new Promise((resolve, reject) => {
     signal.throwIfAborted();
     const timer = setTimeout(resolve, ms);

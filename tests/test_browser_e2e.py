@@ -274,8 +274,23 @@ def test_embedding_from_an_allowed_origin(browser, app, embed_origin, peers) -> 
     context.close()
 
 
-def test_embedding_from_a_refused_origin(browser, emulator, embed_origin, peers) -> None:
-    strict = LocalHost({"AZURE_OPENAI_BASE_URL": emulator.url, "AZURE_OPENAI_API_KEY": API_KEY})
+@pytest.mark.parametrize(
+    ("settings", "code", "says"),
+    [
+        # The app refuses the origin itself, with an answer the page may read.
+        ({}, "origin_not_allowed", ["ALLOWED_ORIGINS"]),
+        # The Functions host refuses a connect without its key before the app runs, with no CORS headers: the page
+        # gets no readable answer, as behind any front end that refuses its origin so; it says what to check.
+        (
+            {"CONNECT_AUTH_LEVEL": "function", "LOCAL_FUNCTION_KEY": "a-key-this-page-does-not-have"},
+            "cross_origin_blocked",
+            ["this site ({origin}) may not be allowed to use this endpoint", "ALLOWED_ORIGINS", "{app}/config"],
+        ),
+    ],
+    ids=["readable", "unreadable"],
+)
+def test_embedding_from_a_refused_origin(browser, emulator, embed_origin, settings, code, says) -> None:
+    strict = LocalHost({"AZURE_OPENAI_BASE_URL": emulator.url, "AZURE_OPENAI_API_KEY": API_KEY, **settings})
     try:
         known = len(emulator.requests)
         context = browser.new_context()
@@ -284,8 +299,11 @@ def test_embedding_from_a_refused_origin(browser, emulator, embed_origin, peers)
         page.locator("realtime-voice button.toggle").click()
         error = page.locator("realtime-voice .error")
         error.wait_for()
-        assert error.locator(".error-code").inner_text() == "origin_not_allowed"
-        assert "ALLOWED_ORIGINS" in error.inner_text()
+        assert error.locator(".error-code").inner_text() == code
+        shown = error.inner_text()
+        for text in says:
+            assert text.format(origin=embed_origin, app=strict.url) in shown, shown
+        assert "Failed to fetch" not in shown
         assert len(emulator.requests) == known, "a refused origin never reaches upstream"
         context.close()
     finally:

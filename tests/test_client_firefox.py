@@ -93,7 +93,11 @@ def test_a_lost_connection_reconnects_with_the_conversation(page: Firefox, peers
     second = eventually(lambda: peers.peers[-1] is not first and peers.peers[-1], timeout=45, what="a new call")
     page.wait_for("document.getElementById('call-notice-text').textContent.startsWith('Reconnected')", timeout=45)
     assert "reconnecting" in page.evaluate("window.statuses")
-    replayed = [
-        e["item"]["content"][0]["text"] for e in second.events_received if e["type"] == "conversation.item.create"
-    ]
-    assert "My name is Ada." in replayed
+
+    def replayed() -> list[str]:
+        return [
+            e["item"]["content"][0]["text"] for e in second.events_received if e["type"] == "conversation.item.create"
+        ]
+
+    # Sent as the new call's channel opens, so they may still be on their way when the page says "Reconnected".
+    eventually(lambda: "My name is Ada." in replayed(), what="the replayed turn to arrive")
