@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Page
+from playwright.sync_api import Page, Response
 
 from localdev.emulator import PeerHost
 from localdev.fake_openai import FakeAzureOpenAI, Fault
@@ -132,12 +132,12 @@ def visitor(browser, url: str) -> tuple[Page, list[tuple[float, int, str | None]
     """The app page in a context of its own, and every answer to its connects: (when, status, Retry-After)."""
     visit = browser.new_context().new_page()
     answers: list[tuple[float, int, str | None]] = []
-    visit.on(
-        "response",
-        lambda r: (
-            r.url.endswith("/connect") and answers.append((time.monotonic(), r.status, r.headers.get("retry-after")))
-        ),
-    )
+
+    def answered(response: Response) -> None:
+        if response.url.endswith("/connect"):
+            answers.append((time.monotonic(), response.status, response.headers.get("retry-after")))
+
+    visit.on("response", answered)
     visit.goto(url + "/")
     visit.wait_for_function("document.querySelectorAll('#voice option').length >= 10")
     visit.evaluate(RECORD)
@@ -166,8 +166,9 @@ def test_a_start_refused_by_the_session_cap_is_tried_once_more_after_a_short_ret
     other.click("#start")
     other.wait_for_selector("#status[data-status='listening']", timeout=30_000)
     assert [status for _, status, _ in answers] == [429, 429, 201]
-    waited = answers[2][0] - answers[1][0]
-    assert waited >= int(answers[1][2]) - 0.5, f"tried again {waited:.1f} s after a Retry-After of {answers[1][2]}"
+    waited, retry_after = answers[2][0] - answers[1][0], answers[1][2]
+    assert retry_after is not None, "a too_many_sessions refusal says when to retry"
+    assert waited >= int(retry_after) - 0.5, f"tried again {waited:.1f} s after a Retry-After of {answers[1][2]}"
     assert other.is_hidden("#error")
     assert any(
         n.startswith("Every conversation the server allows is in use; trying again in")
