@@ -54,7 +54,7 @@ def test_dev_smoke_makes_a_real_call_and_says_pass(dev_run: LocalHost) -> None:
     assert request_id, result.stdout
     assert f"[request_id={request_id.group(1)}]" in dev_run.log(), "the printed request id leads to the app's log"
     call_id = re.search(r"call (rtc_\w+)", result.stdout)
-    assert call_id and f"call {call_id.group(1)} ended by its caller" in dev_run.log(), "it hung up with its token"
+    assert call_id and f"call {call_id.group(1)} ended (user)" in dev_run.log(), "it hung up with its token"
 
 
 def test_nothing_secret_is_printed(dev_run: LocalHost) -> None:
