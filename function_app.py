@@ -1,7 +1,7 @@
 """Route map of the Azure Functions app; the logic lives in realtime_proxy/.
 
 Handlers are `async def`: the Python worker runs them on its event loop, so one instance brokers many
-connects at once while each waits on Azure (see README, "Concurrency").
+connects at once while each waits on Azure (docs/operating.md, "Scale and worker settings").
 """
 
 import azure.functions as func

@@ -21,10 +21,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 VOICES = {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
-# Session fields, in two kinds (README: "what the emulator can vouch for"). AZURE_*: named by Microsoft's docs
-# for the GA WebRTC flow (shared/docs/realtime-api.md §1), so known to be accepted by Azure. OPENAI_*: in OpenAI's
-# GA reference and sent by OpenAI's clients (the Agents SDK sends `tracing`, `tool_choice`, the formats and `speed`
-# on every connect); the emulator accepts them but cannot vouch that Azure does. Anything else is refused.
+# Session fields, in two kinds (docs/local-development.md, "What the emulator can vouch for"). AZURE_*: named by
+# Microsoft's docs for the GA WebRTC flow (shared/docs/realtime-api.md §1), so known to be accepted by Azure.
+# OPENAI_*: in OpenAI's GA reference and sent by OpenAI's clients (the Agents SDK sends `tracing`, `tool_choice`, the
+# formats and `speed` on every connect); the emulator accepts them but cannot vouch that Azure does. Anything else is
+# refused.
 AZURE_SESSION_KEYS = {"type", "model", "instructions", "output_modalities", "audio"}
 OPENAI_SESSION_KEYS = {"tools", "tool_choice", "max_output_tokens", "tracing", "truncation", "prompt", "include"}
 SESSION_KEYS = AZURE_SESSION_KEYS | OPENAI_SESSION_KEYS

@@ -1,7 +1,7 @@
 """Which web origins may call `/connect`, and the headers that tell a browser so.
 
 CORS headers only instruct browsers; the 403 for a disallowed `Origin` is what keeps other sites' pages
-from spending this resource. Scripts outside a browser can send any Origin (see README).
+from spending this resource. Scripts outside a browser can send any Origin (docs/embedding.md).
 """
 
 from __future__ import annotations

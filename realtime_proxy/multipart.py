@@ -2,7 +2,7 @@
 
 Hand-written on purpose, and small: every browser request carries a fresh boundary, and Werkzeug's decoder
 compiles two regular expressions per boundary, which measured as a fifth of the app's CPU per connect under
-load (README, "Concurrency"). Splitting on the delimiter costs microseconds.
+load (docs/benchmarks.md). Splitting on the delimiter costs microseconds.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The caller chooses a voice from the allowed list and, depending on the mode, adds to or replaces the
 server's instructions; everything else (model, transcription, turn detection, tools off) is the server's
 *when the session is created*. A browser holding the data channel can change most of it afterwards with
-`session.update` (README: "What the server controls, and what the browser can still change").
+`session.update` (docs/security.md: "What the server controls, and what the browser can still change").
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""A token bucket per client address on each instance: a cheap first guard against a burst, before storage is asked.
+"""A token bucket per client address on each instance (RATE_LIMIT_BURST, refilled at RATE_LIMIT_PER_MINUTE): a cheap
+first guard against one client's burst, checked before storage is asked.
 
-The app-wide limits per client (a window per minute, session caps) are the shared ones in
-realtime_proxy/admission.py; this bucket only stops one caller from spending an instance's time.
-The key is the address the platform vouches for, in one spelling per client, nothing the client picks: an
-`Origin`, a host or an address spelling would hand one caller a fresh bucket per spelling.
+The limits that count are admission's (realtime_proxy/admission.py): a window per minute per client and for the app,
+and the session caps, shared by every instance through the app's storage account (per instance only without one).
+This bucket only stops one caller from spending an instance's time. Its key is the address the platform vouches for,
+in one spelling per client, nothing the client picks: an `Origin`, a host or an address spelling would hand one
+caller a fresh bucket per spelling.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def client_ip(req: func.HttpRequest) -> str:
     """The address the platform front end appended last to X-Forwarded-For; earlier entries are the client's own
     claims and cannot be trusted. One spelling per client: IPv4-mapped IPv6 is its IPv4 address, and an IPv6
     client is its /64 (one subscriber line gets a whole /64, so single addresses would be free to rotate).
-    (Under `func start` there is no front end: see README.)"""
+    (Under `func start` there is no front end: see docs/embedding.md.)"""
     forwarded = req.headers.get("x-forwarded-for", "")
     last = forwarded.rsplit(",", 1)[-1].strip()
     if last.startswith("["):

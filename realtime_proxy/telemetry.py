@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 CONNECTION_STRING = "APPLICATIONINSIGHTS_CONNECTION_STRING"
 LOGGER_NAME = "realtime_proxy"  # every module logs under it (logs.logger(__name__)), already redacted
 
-# Span and metric attribute names: README's "Operating it" queries use exactly these (a test checks).
+# Span and metric attribute names: the queries in docs/operating.md use exactly these (a test checks).
 OUTCOME = "realtime.outcome"  # "ok" or the error code the caller got
 UPSTREAM_STATUS = "realtime.upstream.status"  # HTTP status Azure OpenAI answered in the (last) stage
 CALL_ID = "realtime.call_id"

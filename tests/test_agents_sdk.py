@@ -152,9 +152,9 @@ def test_an_agents_sdk_page_on_another_origin_talks_listens_interrupts_and_close
         never_forwarded(PAGE_KEY, emulator, sdk_app)
         updated = [e["session"] for e in page.evaluate("window.sdk.serverEvents") if e["type"] == "session.updated"]
         assert updated[0]["audio"]["output"]["voice"] == "cedar", "the voice chosen in the SDP URL holds"
-        assert updated[0]["audio"]["input"]["transcription"] == {"model": "whisper-1"}, "README's SDK config applies"
+        assert updated[0]["audio"]["input"]["transcription"] == {"model": "whisper-1"}, "the docs' SDK config applies"
         assert updated[0]["instructions"] == "You are the Agents SDK test agent.", (
-            "the SDK's session.update replaces the server's instructions (README: what the browser can still change)"
+            "the SDK's session.update replaces the server's instructions (docs/security.md)"
         )
 
         page.evaluate("window.sdk.send('Hello from the Agents SDK')")

@@ -1,6 +1,6 @@
 """Hostile callers and a hostile or broken upstream: a clear answer, inside the deadline, nothing leaked.
 
-Each test reproduces one class of defect found by attacking `/connect`; see README, "What is defended".
+Each test reproduces one class of defect found by attacking `/connect`; see docs/security.md, "What is defended".
 """
 
 from __future__ import annotations

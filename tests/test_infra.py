@@ -320,7 +320,7 @@ def test_https_only_tls12_no_ftp_no_basic_publishing():
     config = site["properties"]["siteConfig"]
     assert config["minTlsVersion"] == "1.2" and config["scmMinTlsVersion"] == "1.2"
     assert config["ftpsState"] == "Disabled"
-    assert config["cors"] == {"allowedOrigins": []}, "one CORS mechanism: the app's own (README)"
+    assert config["cors"] == {"allowedOrigins": []}, "one CORS mechanism: the app's own (docs/embedding.md)"
     policies = resources(app, "Microsoft.Web/sites/basicPublishingCredentialsPolicies")
     assert {p["config"]["name"]: p["config"]["properties"] for p in policies.values()} == {
         "ftp": {"allow": False},

@@ -158,7 +158,7 @@ def test_a_connect_is_one_span_with_a_child_per_stage_joined_to_the_callers_trac
         assert stage.attributes[t.STAGE] == name and stage.attributes[t.OUTCOME] == "ok"
         assert stage.attributes.get(t.UPSTREAM_STATUS) == status
     emitted = {key for span in exported.spans.get_finished_spans() for key in span.attributes}
-    assert emitted == t.ATTRIBUTES, "ATTRIBUTES (what README's queries may use) is exactly what spans carry"
+    assert emitted == t.ATTRIBUTES, "ATTRIBUTES (what docs/operating.md's queries may use) is exactly what spans carry"
 
     (ok,) = exported.histogram(t.CONNECT_DURATION).items()
     assert ok[0] == ((t.OUTCOME, "ok"),) and ok[1].count == 1 and 0 < ok[1].sum < 5
@@ -271,9 +271,9 @@ def test_an_unexpected_failure_is_an_internal_error_span_without_its_message(fak
     assert_nothing_secret(exported, fake)
 
 
-def test_readme_queries_use_only_names_the_app_emits() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("\n## Operating it\n", 1)[1].split("\n## ", 1)[0]
+def test_documented_queries_use_only_names_the_app_emits() -> None:
+    page = (ROOT / "docs" / "operating.md").read_text(encoding="utf-8")
+    section = page.split("\n## Logs and telemetry\n", 1)[1].split("\n## ", 1)[0]
     used = set(re.findall(r'(?:customDimensions|Properties)\["([^"]+)"\]', section))
     assert {t.OUTCOME, t.STAGE, t.CLIENT_ORIGIN} <= used <= t.ATTRIBUTES, used - t.ATTRIBUTES
     metrics = set(re.findall(r'name == "(realtime\.[^"]+)"', section))

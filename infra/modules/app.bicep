@@ -180,7 +180,7 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
       scmMinTlsVersion: '1.2'
       ftpsState: 'Disabled'
       http20Enabled: true
-      // Empty on purpose: the app answers CORS itself from ALLOWED_ORIGINS (README, "Embedding").
+      // Empty on purpose: the app answers CORS itself from ALLOWED_ORIGINS (docs/embedding.md, "Origins (CORS)").
       cors: {
         allowedOrigins: []
       }

@@ -36,7 +36,7 @@ window.sdk = {
     transport = new OpenAIRealtimeWebRTC({ mediaStream: microphone(), audioElement: document.querySelector("audio") });
     transport.on("*", (event) => serverEvents.push(event));
     const agent = new RealtimeAgent({ name: "Assistant", instructions: AGENT_INSTRUCTIONS });
-    // As README's example: the deployment names, since the SDK's session.update replaces the server's settings.
+    // As docs/embedding.md's example: the deployment names, since the SDK's session.update replaces the server's settings.
     const config = { audio: { input: { transcription: { model: "whisper-1" } } } };
     session = new RealtimeSession(agent, { transport, model, config });
     session.on("error", (event) => errors.push(String(event.error?.message ?? JSON.stringify(event.error ?? event))));
