@@ -141,11 +141,15 @@ class FakeCall:
 
     def emit(self, event: dict) -> None:
         """A server event to every attached sideband (an `event_id` is added if missing)."""
-        self.mirror(json.dumps({"event_id": new_id("event"), **event}))
+        event = {"event_id": new_id("event"), **event}
+        self._broadcast(event, json.dumps(event))
 
     def mirror(self, text: str) -> None:
-        """A server event (JSON text) to every sideband; the session it carries becomes the call's session."""
-        event = json.loads(text)
+        """A server event (JSON text) the emulator's peer sent its browser, to every sideband as well."""
+        self._broadcast(json.loads(text), text)
+
+    def _broadcast(self, event: dict, text: str) -> None:
+        """The session an event carries becomes the call's session; the text goes to every sideband."""
         if event.get("type") in ("session.created", "session.updated"):
             self.session = event["session"]
         with self._changed:
