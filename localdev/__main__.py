@@ -41,7 +41,7 @@ def start_emulator() -> None:
 
     key = secrets.token_urlsafe(24)
     peers = PeerHost()
-    emulator = FakeAzureOpenAI(api_key=key, answerer=peers.answer, hangup=peers.hangup)  # hang-ups end the call
+    emulator = FakeAzureOpenAI(api_key=key, peers=peers)  # the peers answer, hang up, and share calls with sidebands
     os.environ.update(AZURE_OPENAI_BASE_URL=emulator.url, AZURE_OPENAI_API_KEY=key, REALTIME_EMULATOR="true")
     os.environ.pop("AZURE_OPENAI_DEPLOYMENT", None)
     log.warning("No AZURE_OPENAI_BASE_URL set: using the local emulator at %s, not Azure.", emulator.url)

@@ -4,6 +4,8 @@ records them, and injects faults on demand.
 It checks what the real `/openai/v1` endpoints check (auth header, JSON shape, `session.type`, the ten
 voices, beta-era fields, content types, SDP) so the function app's requests are proven correct, not just sent.
 Offers are answered by a pluggable answerer: a canned SDP for HTTP tests, a real WebRTC peer for the emulator.
+Each call then has a `FakeCall` (`fake.call(id)`), which a server may join over the sideband WebSocket
+(`GET /openai/v1/realtime?call_id=`, realtime-api.md §4-§5) on the same port as the HTTP endpoints.
 """
 
 from __future__ import annotations
@@ -16,21 +18,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
-VOICES = {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
-# Session fields, in two kinds (docs/local-development.md, "What the emulator can vouch for"). AZURE_*: named by
-# Microsoft's docs for the GA WebRTC flow (shared/docs/realtime-api.md §1), so known to be accepted by Azure.
-# OPENAI_*: in OpenAI's GA reference and sent by OpenAI's clients (the Agents SDK sends `tracing`, `tool_choice`, the
-# formats and `speed` on every connect); the emulator accepts them but cannot vouch that Azure does. Anything else is
-# refused.
-AZURE_SESSION_KEYS = {"type", "model", "instructions", "output_modalities", "audio"}
-OPENAI_SESSION_KEYS = {"tools", "tool_choice", "max_output_tokens", "tracing", "truncation", "prompt", "include"}
-SESSION_KEYS = AZURE_SESSION_KEYS | OPENAI_SESSION_KEYS
-AUDIO_INPUT_KEYS = {"transcription", "turn_detection", "noise_reduction"} | {"format"}  # Azure's | OpenAI's
-AUDIO_OUTPUT_KEYS = {"voice"} | {"format", "speed"}  # Azure's | OpenAI's
+from .fake_call import FakeCall
+from .service_rules import ServiceError, check_session_fields, effective_session, only
+from .sideband import SidebandSocket, accept_token
+
+if TYPE_CHECKING:
+    from .emulator import PeerHost
+
 Answerer = Callable[[str, dict, str], str]  # (offer, session, call id) -> answer SDP
 Hangup = Callable[[str], object]  # ends the call's media and data channel (the emulator's peer)
 
@@ -43,10 +42,11 @@ class Fault:
     body: str | None = None  # None: a JSON error shaped like the service's
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds to stall before answering (timeouts)
-    drop: bool = False  # close the connection without answering
+    drop: bool = False  # close the connection without answering (a sideband: accept, then cut the connection)
     drip: float = 0.0  # seconds between the body's bytes (read timeouts restart per byte)
     cut: bool = False  # announce the whole body, send half of it, then reset the connection
     echo_credentials: bool = False  # the error message quotes the request's api-key/Authorization (hostile upstream)
+    garbage: bool = False  # a sideband: accept, then send text frames that are not JSON and binary frames first
 
 
 @dataclass
@@ -66,16 +66,6 @@ def canned_answer(offer: str, session: dict, call_id: str) -> str:
     )
 
 
-class ServiceError(Exception):
-    def __init__(self, status: int, code: str, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.param = status, code, message, param
-
-    def body(self) -> bytes:
-        error = {"message": self.message, "type": "invalid_request_error", "code": self.code, "param": self.param}
-        return json.dumps({"error": error}).encode()
-
-
 class FakeAzureOpenAI:
     def __init__(
         self,
@@ -85,18 +75,23 @@ class FakeAzureOpenAI:
         host: str = "127.0.0.1",
         port: int = 0,
         hangup: Hangup = lambda call_id: None,
+        peers: PeerHost | None = None,
     ) -> None:
+        """`peers`: the emulator runs every call (answers, hang-ups, and the conversation sidebands join)."""
         self.api_key = api_key
-        self.hangup = hangup
+        self.peers = peers
+        self.hangup = peers.hangup if peers else hangup
         self.calls: dict[str, str] = {}  # call id -> "live" | "ended"
         self.deployments = set(deployments)
         self.accepted_tokens: set[str] = set()
-        self.answerer = answerer
+        self.answerer = peers.answer if peers else answerer
         self.requests: list[Recorded] = []
         self.connections = 0
         self.secrets: dict[str, dict] = {}
-        self._faults: dict[str, list[Fault]] = {"client_secrets": [], "calls": [], "hangup": []}
+        self._faults: dict[str, list[Fault]] = {"client_secrets": [], "calls": [], "hangup": [], "sideband": []}
         self._lock = threading.Lock()
+        self._calls = threading.Condition(self._lock)  # notified when a call is created
+        self._call_objects: dict[str, FakeCall] = {}
         self.host = host
         self.server = LoopbackServer((host, port), _handler_for(self))
         self.thread = threading.Thread(
@@ -122,7 +117,18 @@ class FakeAzureOpenAI:
             for queue in self._faults.values():
                 queue.clear()
 
+    def call(self, call_id: str, timeout: float = 5.0) -> FakeCall:
+        """The call with this id, waiting until it exists; TimeoutError if it never does."""
+        with self._calls:
+            if not self._calls.wait_for(lambda: call_id in self._call_objects, timeout):
+                raise TimeoutError(f"no call {call_id} within {timeout} s")
+            return self._call_objects[call_id]
+
     def close(self) -> None:
+        with self._lock:
+            calls = list(self._call_objects.values())
+        for call in calls:
+            call.close_sidebands()
         self.server.shutdown()
         self.server.server_close()
 
@@ -145,15 +151,41 @@ class FakeAzureOpenAI:
         body: bytes,
         call_id: str | None = None,
     ) -> tuple[int, dict, bytes]:
-        if "api-version" in query:
-            raise ServiceError(400, "unsupported_api_version", "api-version is not supported on the v1 API.")
-        if "openai-beta" in headers:
-            raise ServiceError(400, "invalid_beta", "The OpenAI-Beta header is not supported on the GA API.")
+        self._check_ga(headers, query)
         if endpoint == "client_secrets":
             return self._client_secret(headers, body)
         if endpoint == "hangup":
             return self._hangup(headers, call_id or "")
         return self._call(headers, body)
+
+    @staticmethod
+    def _check_ga(headers: dict[str, str], query: dict[str, list[str]]) -> None:
+        if "api-version" in query:
+            raise ServiceError(400, "unsupported_api_version", "api-version is not supported on the v1 API.")
+        if "openai-beta" in headers:
+            raise ServiceError(400, "invalid_beta", "The OpenAI-Beta header is not supported on the GA API.")
+
+    def sideband_call(self, headers: dict[str, str], query: dict[str, list[str]]) -> FakeCall:
+        """The live call a sideband upgrade names, checked as the service does before it upgrades (§5)."""
+        self._check_ga(headers, query)
+        self._authenticate(headers)
+        call_id = query.get("call_id", [""])[0]
+        if not call_id:
+            raise ServiceError(400, "missing_required_parameter", "Missing required parameter: 'call_id'.", "call_id")
+        with self._lock:
+            call = self._call_objects.get(call_id)
+        if call is None or call.ended:
+            raise ServiceError(404, "call_not_found", f"No live call with id '{call_id}'.")
+        return call
+
+    def _ended(self, call: FakeCall, reason: str) -> None:
+        """A call ended (hang-up, the session limit, the browser gone): its media ends too."""
+        with self._lock:
+            self.calls[call.call_id] = "ended"
+        if self.peers is not None and reason == "session_expired":
+            self.peers.expire(call.call_id)
+        else:
+            self.hangup(call.call_id)
 
     def _client_secret(self, headers: dict[str, str], body: bytes) -> tuple[int, dict, bytes]:
         self._authenticate(headers)
@@ -165,7 +197,7 @@ class FakeAzureOpenAI:
             raise ServiceError(400, "invalid_json", "We could not parse the JSON body of your request.") from None
         if not isinstance(payload, dict):
             raise ServiceError(400, "invalid_type", "The body must be a JSON object.")
-        _only(payload, {"expires_after", "session"}, "")
+        only(payload, {"expires_after", "session"}, "")
         ttl = self._expiry(payload.get("expires_after"))
         session = payload.get("session")
         if not isinstance(session, dict):
@@ -200,7 +232,7 @@ class FakeAzureOpenAI:
             raise ServiceError(
                 400, "invalid_value", "expires_after.anchor must be 'created_at'.", "expires_after.anchor"
             )
-        _only(expires_after, {"anchor", "seconds"}, "expires_after.")
+        only(expires_after, {"anchor", "seconds"}, "expires_after.")
         seconds = expires_after.get("seconds", 600)
         if not isinstance(seconds, int) or not 10 <= seconds <= 7200:
             raise ServiceError(400, "invalid_value", "expires_after.seconds must be 10..7200.", "expires_after.seconds")
@@ -227,58 +259,24 @@ class FakeAzureOpenAI:
             answer = self.answerer(offer, secret["session"], call_id)
         except ValueError as exc:
             raise ServiceError(400, "invalid_offer", f"The SDP offer could not be applied: {exc}") from None
+        call = FakeCall(call_id, effective_session(secret["session"]), self._ended)
         with self._lock:
             self.calls[call_id] = "live"
+            self._call_objects[call_id] = call
+            self._calls.notify_all()
+        if self.peers is not None:
+            self.peers.bind(call)
         return 201, {"Content-Type": "application/sdp", "Location": f"/v1/realtime/calls/{call_id}"}, answer.encode()
 
     def _hangup(self, headers: dict[str, str], call_id: str) -> tuple[int, dict, bytes]:
         """Server-side call control (realtime-api.md §4): the resource's own credentials, a call it knows."""
         self._authenticate(headers)
         with self._lock:
-            known = self.calls.get(call_id)
-            if known:
-                self.calls[call_id] = "ended"
-        if known is None:
+            call = self._call_objects.get(call_id)
+        if call is None:
             raise ServiceError(404, "call_not_found", f"No call with id '{call_id}'.")
-        if known == "live":
-            self.hangup(call_id)
+        call.end("hangup")
         return 200, {"Content-Type": "application/json"}, b"{}"
-
-
-def check_session_fields(session: dict) -> None:
-    """The checks the service applies to a `session` object wherever it arrives (a client secret or a
-    `session.update` on the data channel); raises ServiceError for the first problem, as the service answers one."""
-    _only(session, SESSION_KEYS, "session.")
-    if "type" not in session:
-        raise ServiceError(
-            400, "missing_required_parameter", "Missing required parameter: 'session.type'.", "session.type"
-        )
-    if session["type"] != "realtime":
-        raise ServiceError(400, "invalid_value", "session.type must be 'realtime'.", "session.type")
-    if "instructions" in session and not isinstance(session["instructions"], str):
-        raise ServiceError(400, "invalid_type", "session.instructions must be a string.", "session.instructions")
-    audio = session.get("audio", {})
-    if not isinstance(audio, dict):
-        raise ServiceError(400, "invalid_type", "session.audio must be an object.", "session.audio")
-    _only(audio, {"input", "output"}, "session.audio.")
-    _only(audio.get("input", {}), AUDIO_INPUT_KEYS, "session.audio.input.")
-    _only(audio.get("output", {}), AUDIO_OUTPUT_KEYS, "session.audio.output.")
-    voice = audio.get("output", {}).get("voice")
-    if voice is not None and voice not in VOICES:
-        raise ServiceError(400, "invalid_value", f"Invalid value: '{voice}'.", "session.audio.output.voice")
-    turn = audio.get("input", {}).get("turn_detection")
-    if turn is not None and (not isinstance(turn, dict) or turn.get("type") not in ("server_vad", "semantic_vad")):
-        raise ServiceError(
-            400, "invalid_value", "Unknown turn_detection type.", "session.audio.input.turn_detection.type"
-        )
-
-
-def _only(obj: object, allowed: set[str], where: str) -> None:
-    if not isinstance(obj, dict):
-        raise ServiceError(400, "invalid_type", f"{where.rstrip('.') or 'body'} must be an object.")
-    for key in obj:
-        if key not in allowed:
-            raise ServiceError(400, "unknown_parameter", f"Unknown parameter: '{where}{key}'.", f"{where}{key}")
 
 
 class LoopbackServer(ThreadingHTTPServer):
@@ -328,6 +326,53 @@ def _handler_for(fake: FakeAzureOpenAI) -> type[BaseHTTPRequestHandler]:
             except ServiceError as error:
                 status, out_headers, out = error.status, {"Content-Type": "application/json"}, error.body()
             self._send(status, {**out_headers, **fault.headers}, out, fault)
+
+        def do_GET(self) -> None:
+            """The sideband (realtime-api.md §5): refusals are plain HTTP answers before the upgrade."""
+            parts = urlsplit(self.path)
+            if parts.path.rstrip("/") != "/openai/v1/realtime":
+                self._send(
+                    404,
+                    {"Content-Type": "application/json"},
+                    ServiceError(404, "404", "Resource not found").body(),
+                    Fault(),
+                )
+                return
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            query = parse_qs(parts.query)
+            with fake._lock:
+                fake.requests.append(Recorded("sideband", headers, b"", query))
+            fault = fake._take_fault("sideband") or Fault(status=None)
+            if self._fault(replace(fault, drop=False), headers):
+                return
+            try:
+                call = fake.sideband_call(headers, query)
+                if headers.get("upgrade", "").lower() != "websocket" or headers.get("sec-websocket-version") != "13":
+                    raise ServiceError(400, "websocket_required", "This endpoint takes a WebSocket upgrade only.")
+                key = headers.get("sec-websocket-key", "")
+            except ServiceError as error:
+                self._send(error.status, {"Content-Type": "application/json"}, error.body(), Fault())
+                return
+            sideband = SidebandSocket(self.connection, self.rfile)  # sends nothing before serve()
+            if fault.garbage:
+                for text in ("not json", '{"type": ', "<html>502 Bad Gateway</html>"):
+                    sideband.send(text)
+                for data in (b"\x00\x01\x02", json.dumps({"type": "session.updated"}).encode()):
+                    sideband.send_bytes(data)
+            attached = not fault.drop and call.attach(sideband)  # before the 101: no event is missed after it
+            self.send_response(101)
+            self.send_header("Upgrade", "websocket")
+            self.send_header("Connection", "Upgrade")
+            self.send_header("Sec-WebSocket-Accept", accept_token(key))
+            self.end_headers()
+            self.close_connection = True
+            if fault.drop:
+                sideband.abort()
+            try:
+                sideband.serve(call.client_event if attached else lambda message: None)
+            finally:
+                if attached:
+                    call.detach(sideband)
 
         def _fault(self, fault: Fault, headers: dict[str, str]) -> bool:
             """Stall, drop or answer with the fault; False when the request should then be handled normally."""

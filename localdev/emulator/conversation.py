@@ -9,76 +9,18 @@ refuses gets an `error` event in the service's shape, with nothing applied.
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
-import time
-import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from ..fake_openai import ServiceError, check_session_fields
+from ..service_rules import SESSION_EXPIRED, ServiceError, checked_item, effective_session, new_id, updated_session
 from .media import DEFAULT_PITCH_HZ, VOICE_PITCH_HZ, ToneTrack
 
 SPEECH_LEVEL = 0.05  # peak level (0..1) a mic frame must reach to count as speech
 SPEECH_ONSET_MS = 200  # speech must last this long before speech_started, so clicks do not open a turn
 WORD_INTERVAL_S = 0.12
 MIN_REPLY_AUDIO_S = 3.0  # the tone plays at least this long, like a short spoken answer
-# What a client may replay into a new call (conversation.item.create), by role: the content types the service takes.
-ITEM_CONTENT_TYPES = {
-    "user": {"input_text", "input_audio"},
-    "assistant": {"output_text", "output_audio"},
-    "system": {"input_text"},
-}
-SESSION_EXPIRED = "Your session hit the maximum duration of 60 minutes."  # the service's words
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:24]}"
-
-
-def _merged(base: dict, update: dict) -> dict:
-    """Merge as session.update does: nested objects merge, anything else (null included) replaces."""
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merged(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def _session_object(config: dict) -> dict:
-    """The effective session as Azure reports it: the minted config over the service defaults."""
-    pcm = {"type": "audio/pcm", "rate": 24000}
-    defaults = {
-        "type": "realtime",
-        "model": "gpt-realtime",
-        "output_modalities": ["audio"],
-        "instructions": "",
-        "tools": [],
-        "tool_choice": "auto",
-        "max_output_tokens": "inf",
-        "audio": {
-            "input": {
-                "format": pcm,
-                "transcription": {"model": "whisper-1"},
-                "noise_reduction": None,
-                "turn_detection": {
-                    "type": "server_vad",
-                    "threshold": 0.5,
-                    "prefix_padding_ms": 300,
-                    "silence_duration_ms": 500,
-                    "create_response": True,
-                    "interrupt_response": True,
-                },
-            },
-            "output": {"format": pcm, "voice": "alloy", "speed": 1.0},
-        },
-    }
-    session = _merged(defaults, config)
-    session.update(id=new_id("sess"), object="realtime.session", type="realtime", expires_at=int(time.time()) + 3600)
-    return session
 
 
 def _setting(session: dict, *path: str) -> Any:
@@ -117,7 +59,7 @@ class Conversation:
         spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task],
     ) -> None:
         self.events_received: list[dict] = []
-        self._session = _session_object(session)
+        self._session = effective_session(session)
         self._deliver = deliver  # sends one JSON text on the data channel, if it is open
         self._tone = tone
         self._spawn = spawn  # tasks the peer cancels when the call closes
@@ -135,6 +77,11 @@ class Conversation:
         self._speech_item: str | None = None  # set while the user is speaking
         self._speech_start_ms = 0.0
         self._last_loud_ms = 0.0
+
+    @property
+    def session(self) -> dict:
+        """The whole session in force, as the last session.created/updated reported it."""
+        return self._session
 
     def greet(self) -> None:
         """What the service sends as soon as the data channel opens."""
@@ -194,7 +141,9 @@ class Conversation:
             self.error("missing_required_parameter", "Missing required parameter: 'session'.", event, "session")
             return
         try:
-            check_session_fields(update)
+            # A call's model is its deployment, fixed when the secret was minted; what Azure does with another name
+            # here is not something the emulator can vouch for, so it keeps the call's.
+            session = updated_session(self._session, {k: v for k, v in update.items() if k != "model"})
             voice = _setting(update, "audio", "output", "voice")
             if self._spoke and voice is not None and voice != _setting(self._session, "audio", "output", "voice"):
                 message = "Cannot update a conversation's voice if assistant audio is present."
@@ -202,40 +151,19 @@ class Conversation:
         except ServiceError as problem:  # the service applies nothing of a refused update
             self.error(problem.code, problem.message, event, problem.param)
             return
-        # A call's model is its deployment, fixed when the secret was minted; what Azure does with another name
-        # here is not something the emulator can vouch for, so it keeps the call's.
-        self._session = _merged(self._session, {k: v for k, v in update.items() if k != "model"})
+        self._session = session
         self._send("session.updated", session=self._session)
 
     def _on_item_create(self, event: dict) -> None:
-        """A typed message, or a turn a client replays into a new call to restore context (user or assistant text)."""
-        item = event.get("item")
-        if not isinstance(item, dict):
-            self.error("missing_required_parameter", "Missing required parameter: 'item'.", event, "item")
+        """A typed message, a turn a client replays into a new call to restore context (user or assistant text), or
+        a server-run tool's output (sideband, §5)."""
+        try:
+            item = checked_item(event.get("item"))
+        except ServiceError as problem:
+            self.error(problem.code, problem.message, event, problem.param)
             return
-        item = {"object": "realtime.item", "status": "completed", **item, "id": item.get("id") or new_id("item")}
-        content = item.get("content")
+        content, role = item.get("content"), item.get("role")
         parts = [part for part in (content if isinstance(content, list) else []) if isinstance(part, dict)]
-        role = item.get("role")
-        if item.get("type") == "message":
-            allowed = ITEM_CONTENT_TYPES.get(role)  # type: ignore[arg-type]
-            if allowed is None:
-                self.error(
-                    "invalid_value",
-                    f"Invalid value: '{role}'. Supported values are: 'user', 'assistant', and 'system'.",
-                    event,
-                    "item.role",
-                )
-                return
-            wrong = next((p.get("type") for p in parts if p.get("type") not in allowed), None)
-            if wrong is not None or not parts:
-                self.error(
-                    "invalid_value",
-                    f"Invalid value: '{wrong}'. A {role} message takes content of type {', '.join(sorted(allowed))}.",
-                    event,
-                    "item.content",
-                )
-                return
         texts = [p["text"] for p in parts if p.get("type") == "input_text" and isinstance(p.get("text"), str)]
         if role == "user" and texts:
             self._last_user_text = " ".join(texts)

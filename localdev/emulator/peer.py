@@ -10,6 +10,7 @@ from typing import Any
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
+from ..fake_call import FakeCall
 from .conversation import Conversation
 from .media import ToneTrack, audio_frames, peak_level
 
@@ -44,6 +45,8 @@ class EmulatedPeer:
         self._closing: asyncio.Task | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._recent_peaks: deque[float] = deque(maxlen=25)  # 0.5 s of 20 ms frames
+        self._call: FakeCall | None = None  # the fake's view of this call, which sidebands join
+        self._end_reason = "gone"  # why the call ended, unless a hang-up or the session limit ends it
         self.conversation = Conversation(session, self._deliver, self._tone, self._spawn)
         self._pc.on("datachannel", self._on_datachannel)
         self._pc.on("track", self._on_track)
@@ -70,8 +73,23 @@ class EmulatedPeer:
         self._deadline = asyncio.get_running_loop().call_later(CONNECT_DEADLINE_S, self._give_up_if_unconnected)
         return self._pc.localDescription.sdp
 
+    def bind(self, call: FakeCall, loop: asyncio.AbstractEventLoop) -> None:
+        """Mirror this call's server events to the fake call's sidebands and take theirs into the conversation;
+        on the loop, which sidebands' events hop onto."""
+        call.session = self.conversation.session
+        call.peer = lambda text: loop.call_soon_threadsafe(self._from_sideband, text)
+        self._call = call
+        if self.closed:
+            call.end(self._end_reason)
+
+    def _from_sideband(self, text: str) -> None:
+        if not self.closed:
+            self.conversation.receive(text)
+
     async def close(self) -> None:
         """Hang up cleanly (the browser sees its data channel close at once); idempotent, also while a close runs."""
+        if self._closing is None and not self.closed:
+            self._end_reason = "hangup"
         self._close_soon()
         assert self._closing is not None
         await self._closing
@@ -79,6 +97,8 @@ class EmulatedPeer:
     async def expire(self) -> None:
         """End the call as the service does at its session limit: a `session_expired` error, then the hang-up."""
         self.conversation.expire()
+        self._end_reason = "session_expired"
+        self._close_soon()
         await self.close()
 
     async def drop(self) -> None:
@@ -88,6 +108,7 @@ class EmulatedPeer:
         disconnected, then failed."""
         for protocol in self._ice_protocols():
             protocol.transport.close()
+        self._close_soon()  # the call is gone, not hung up
         await self.close()
 
     def _ice_protocols(self) -> list[Any]:
@@ -101,6 +122,8 @@ class EmulatedPeer:
     async def _shutdown(self) -> None:
         self.closed = True
         self.channel_open = False
+        if self._call is not None:  # its sidebands close: the call is over
+            self._call.end(self._end_reason)
         if self._deadline is not None:
             self._deadline.cancel()
         for task in self._tasks:
@@ -143,6 +166,8 @@ class EmulatedPeer:
     def _deliver(self, text: str) -> None:
         if self._channel is not None and self._channel.readyState == "open":
             self._channel.send(text)
+        if self._call is not None:
+            self._call.mirror(text)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio":
