@@ -83,6 +83,10 @@ param maxSessionSeconds int = 0
 @description('MAX_ACTIVE_SESSIONS: live sessions at once for the whole app (0: no cap).')
 param maxActiveSessions int = 0
 
+@allowed(['off', 'observe', 'enforce'])
+@description('REALTIME_SUPERVISOR: a sideband supervisor in every call (docs/supervisor.md): enforce holds the session the server decided, observe only logs and counts; both end calls on time and meter usage.')
+param supervisorMode string = 'enforce'
+
 @description('Spread instances over availability zones. Off by default: on Flex it keeps at least two always-ready instances (billed) and only some regions offer it.')
 param zoneRedundant bool = false
 
@@ -149,6 +153,7 @@ module app 'modules/app.bicep' = {
     rateLimitBurst: rateLimitBurst
     maxSessionSeconds: maxSessionSeconds
     maxActiveSessions: maxActiveSessions
+    supervisorMode: supervisorMode
     zoneRedundant: zoneRedundant
   }
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import azure.functions as func
 
@@ -18,6 +19,7 @@ from .offer import Offer, read_offer
 from .policy import session_config
 from .ratelimit import RateLimiter, client_ip
 from .settings import Settings
+from .supervisor import HandOff, Queue
 from .telemetry import NoTelemetry, Record, Telemetry
 from .upstream import Call, Upstream
 
@@ -35,6 +37,7 @@ class ConnectHandler:
         admission: Admission,
         ledger: Ledger,
         telemetry: Telemetry | NoTelemetry,
+        hand_off: HandOff,
     ) -> None:
         self.settings = settings
         self.upstream = upstream
@@ -43,8 +46,10 @@ class ConnectHandler:
         self.admission = admission
         self.ledger = ledger
         self.telemetry = telemetry
+        self.hand_off = hand_off
 
-    async def __call__(self, req: func.HttpRequest) -> func.HttpResponse:
+    async def __call__(self, req: func.HttpRequest, queue: Queue | None = None) -> func.HttpResponse:
+        """`queue`: the function's queue output binding, where an admitted call goes to its supervisor."""
         cors: dict[str, str] = {}
         deadline = asyncio.get_running_loop().time() + self.settings.limits.deadline_seconds
         with self.telemetry.connect(req, self.settings.deployment) as record:
@@ -59,7 +64,8 @@ class ConnectHandler:
                 self.limiter.check(req)
                 offer = read_offer(req, self.settings.policy, self.settings.limits)
                 record.offer(offer)
-                return record.done(await self._admitted(req, self.upstream, offer, cors, record, deadline), "ok")
+                answer = await self._admitted(req, self.upstream, offer, cors, record, deadline, queue)
+                return record.done(answer, "ok")
             except ApiError as error:
                 log.info("connect refused: %s %s", error.status, error.code)
                 return record.done(error_response(error, cors), error.code)
@@ -72,6 +78,7 @@ class ConnectHandler:
         cors: dict[str, str],
         record: Record,
         deadline: float,
+        queue: Queue | None,
     ) -> func.HttpResponse:
         """The shared limits admit the connect before anything goes upstream; the ledger then learns the call
         (or frees the session slot it held), and the caller gets its capability to end the call early. Admission
@@ -90,18 +97,25 @@ class ConnectHandler:
                 {"Retry-After": "5"},
             ) from None
         try:
-            response, call = await self._exchange(upstream, offer, cors, record, upstream_by)
+            response, call, config = await self._exchange(upstream, offer, cors, record, upstream_by)
         except BaseException:
             release = asyncio.ensure_future(self.ledger.release(ticket))  # finishes behind the answer if it must
             await asyncio.wait({release}, timeout=max(0.0, deadline - loop.time()))
             raise
+        self.hand_off.prepare(ticket, config)
         await self.ledger.confirm(ticket, call.call_id, deadline)
+        self.hand_off.send(ticket, call.call_id, queue)
         response.headers[CALL_TOKEN] = ticket.token
         return response
 
     async def _exchange(
-        self, upstream: Upstream, offer: Offer, cors: dict[str, str], record: Record, deadline: float
-    ) -> tuple[func.HttpResponse, Call]:
+        self,
+        upstream: Upstream,
+        offer: Offer,
+        cors: dict[str, str],
+        record: Record,
+        deadline: float,
+    ) -> tuple[func.HttpResponse, Call, dict[str, Any]]:
         """Everything upstream, token included, runs under the deadline: whatever the resource or the identity
         endpoint does (stall, drip one byte at a time), the caller has an answer by then."""
         stage = "credential"
@@ -136,4 +150,4 @@ class ConnectHandler:
         }
         if call.location:
             headers["Location"] = call.location
-        return func.HttpResponse(call.answer_sdp, status_code=201, headers=headers), call
+        return func.HttpResponse(call.answer_sdp, status_code=201, headers=headers), call, config

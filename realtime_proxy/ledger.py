@@ -5,11 +5,16 @@ Rows (one partition, realtime_proxy/tables.py):
   of the caller's capability, the session slots it holds. Status goes `starting` (admitted, nothing upstream
   yet) → `live` (the call exists) → `ending` (one ender has claimed it) → `ended`; or `starting` → `failed`
   (the connect failed) or `cancelled` (the operator paused while it was in flight).
+  While a supervisor (realtime_proxy/supervisor.py) holds the call, the row also carries its lease
+  (`supervisor`, `supervisedAt`), the session the server decided (`session0`, `session1`, …: JSON in chunks
+  that fit Table Storage's property size) and what the call consumed (`usage`, `strikes`).
 - `control`: the kill switch.
 
-A call is ended exactly once: whoever ends it (the caller, the sweep on any instance, the kill switch) first
-claims its row with a write conditional on the row's ETag, and only the winner hangs up. A claim whose
-hang-up failed goes stale and is claimed again by the next sweep, so every live call is retried until it ends.
+A call is ended exactly once: whoever ends it (the caller, the sweep on any instance, the kill switch, its
+supervisor) first claims its row with a write conditional on the row's ETag, and only the winner hangs up; a
+claim that lost only to a supervisor's bookkeeping (the row is still live) reads the row again and retries. A
+claim whose hang-up failed goes stale and is claimed again by the next sweep, so every live call is retried
+until it ends.
 
 When the shared table cannot be written (an outage under LIMITS_FAIL_MODE=open, or a call that could be
 neither recorded nor hung up), the call is kept in this process's own table and this process ends it
@@ -22,6 +27,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import itertools
 import json
 import math
 import re
@@ -42,6 +48,9 @@ KEEP_ENDED_SECONDS = 86400
 ABANDONED_SECONDS = 300  # a row still `starting` this long after its connect began belongs to a lost instance
 STALE_CLAIM_SECONDS = 30  # a claim older than this failed to hang up (or its instance died): claim it again
 LOCAL_RETRY_SECONDS = 5.0
+LEASE_SECONDS = 90.0  # a supervisor renews its lease every HEARTBEAT_SECONDS; one this old belongs to a lost instance
+SESSION_CHUNK = 15_000  # characters per property: Table Storage allows 32 Ki UTF-16 units, and astral ones take two
+WRITE_ATTEMPTS = 8  # read-modify-write retries when another writer changed the row in between
 TOKEN = re.compile(r"([0-9a-f]{16})\.([A-Za-z0-9_-]{32})")  # `{ledger id}.{secret}`, exactly as Ticket makes it
 OVER = ("ended", "failed", "cancelled")
 
@@ -56,6 +65,7 @@ class Ticket:
     end: float
     table: Table
     who: dict[str, object] = field(default_factory=dict)  # client, origin, voice: recorded once, kept on every write
+    session: dict[str, object] = field(default_factory=dict)  # what the server decided, once the call is asked for
     ledger_etag: str = ""
     slots: dict[str, str] = field(default_factory=dict)  # live slot row -> its ETag
 
@@ -240,12 +250,10 @@ class Ledger:
     async def _end_call(self, table: Table, row: Row, reason: str) -> bool:
         """Claims the row, hangs up, marks it ended and frees its session slots. False when another ender holds
         the claim; raises ApiError (the row stays claimed, to be retried) when the hang-up fails."""
-        now = self.clock()
-        claim = {**row.props, "status": "ending", "reason": reason, "claimed": now}
-        try:
-            [etag] = await table.transact([Op("replace", row.key, claim, row.etag)])
-        except Conflict:
+        claimed = await self._claim(table, row, reason)
+        if claimed is None:
             return False
+        row, etag, claim = claimed, claimed.etag, claimed.props
         call_id = str(row.props.get("call") or "")
         try:
             if call_id:
@@ -257,19 +265,40 @@ class Ledger:
         await self._close_row(table, Row(row.key, claim, etag), "ended", reason)
         return True
 
+    async def _claim(self, table: Table, row: Row, reason: str) -> Row | None:
+        """The row marked `ending` by this ender, or None when another ender got there first. A conflict that
+        leaves the row as it was (still live, or the same stale claim) was a supervisor's bookkeeping: retry."""
+        for _ in range(WRITE_ATTEMPTS):
+            claim = {**row.props, "status": "ending", "reason": reason, "claimed": self.clock()}
+            try:
+                [etag] = await table.transact([Op("replace", row.key, claim, row.etag)])
+                return Row(row.key, claim, etag)
+            except Conflict:
+                fresh = await table.get(row.key)
+                if fresh is None or not _same_state(fresh, row):
+                    return None
+                row = fresh
+        return None
+
     async def _close_row(self, table: Table, row: Row, status: str, reason: str) -> bool:
-        """Marks a row over and frees its session slots; a slot already taken over is left to its new owner."""
-        closed = Op(
-            "replace", row.key, {**row.props, "status": status, "reason": reason, "ended": self.clock()}, row.etag
-        )
+        """Marks a row over and frees its session slots; a slot already taken over is left to its new owner. A
+        row changed meanwhile only by bookkeeping (same status, same claim) is read again and closed."""
         slots = json.loads(str(row.props.get("slots") or "{}"))
-        try:
-            await table.transact([closed, *self._free(slots)])
-        except Conflict as conflict:
-            if conflict.index == 0:
+        for _ in range(WRITE_ATTEMPTS):
+            props = {**row.props, "status": status, "reason": reason, "ended": self.clock()}
+            closed = Op("replace", row.key, props, row.etag)
+            try:
+                await table.transact([closed, *self._free(slots)])
+                return True
+            except Conflict as conflict:
+                if conflict.index > 0:
+                    await table.transact([closed])
+                    return True
+            fresh = await table.get(row.key)
+            if fresh is None or not _same_state(fresh, row):
                 return False
-            await table.transact([closed])
-        return True
+            row = fresh
+        return False
 
     def _free(self, slots: dict[str, str]) -> list[Op]:
         self.slots_freed(slots)
@@ -283,6 +312,67 @@ class Ledger:
                 await self.table.transact([Op("delete", row.key, etag=row.etag) for row in chunk])
                 deleted += len(chunk)
         return deleted
+
+    # -- supervision (realtime_proxy/supervisor.py) ------------------------------------------------------------
+
+    async def supervise(self, ledger_id: str, holder: str) -> Row | None:
+        """Takes the call's supervision lease for `holder`: the row if it is live and was unsupervised, ours, or
+        held by a supervisor whose lease went stale (its instance died); else None (over, unknown, or held)."""
+        now = self.clock()
+
+        def take(props: dict[str, object]) -> dict[str, object] | None:
+            holder_now = props.get("supervisor")
+            held = holder_now not in (None, "", holder) and _number(props.get("supervisedAt")) > now - LEASE_SECONDS
+            return (
+                None if props.get("status") != "live" or held else {**props, "supervisor": holder, "supervisedAt": now}
+            )
+
+        row = await self._update(f"call-{ledger_id}", take)
+        return row if row and row.props.get("supervisor") == holder and row.props.get("status") == "live" else None
+
+    async def heartbeat(self, ledger_id: str, holder: str, facts: dict[str, object]) -> Row | None:
+        """Renews the lease and records the call's facts (usage, strikes; `supervisedAt: 0` gives the lease up),
+        whatever its status; None when the lease is someone else's now (this supervisor was taken for dead) or
+        the row is gone."""
+
+        def renew(props: dict[str, object]) -> dict[str, object] | None:
+            return {**props, "supervisedAt": self.clock(), **facts} if props.get("supervisor") == holder else None
+
+        row = await self._update(f"call-{ledger_id}", renew)
+        return row if row and row.props.get("supervisor") == holder else None
+
+    async def end(self, ledger_id: str, reason: str) -> bool:
+        """The supervisor ends a live call (time limit, policy): claimed, hung up and closed like any other end."""
+        row = await self.table.get(f"call-{ledger_id}")
+        return bool(row and row.props.get("status") == "live" and await self._end_call(self.table, row, reason))
+
+    async def over(self, ledger_id: str, reason: str) -> bool:
+        """The call ended by itself (the sideband closed): a row still live is closed with `reason` and its
+        slots are free at once; one that an ender has claimed is left to it."""
+        row = await self.table.get(f"call-{ledger_id}")
+        if row is None or row.props.get("status") != "live":
+            return False
+        closed = await self._close_row(self.table, row, "ended", reason)
+        if closed:
+            log.info("call %s ended (%s)", row.props.get("call"), reason)
+        return closed
+
+    async def _update(self, key: str, change: Callable[[dict[str, object]], dict[str, object] | None]) -> Row | None:
+        """Read-modify-write conditional on the ETag, retried when another writer got in between. `change` returns
+        the new properties, or None to leave the row alone; the answer is the row as written or as found."""
+        for _ in range(WRITE_ATTEMPTS):
+            row = await self.table.get(key)
+            if row is None:
+                return None
+            props = change(dict(row.props))
+            if props is None:
+                return row
+            try:
+                [etag] = await self.table.transact([Op("replace", key, props, row.etag)])
+                return Row(key, props, etag)
+            except Conflict:
+                continue
+        raise Unavailable(f"{key} kept changing under {WRITE_ATTEMPTS} writes")
 
     # -- the kill switch ---------------------------------------------------------------------------------------
 
@@ -382,10 +472,35 @@ class Ledger:
             "capability": _digest(ticket.secret),
             "slots": json.dumps(ticket.slots),
             **ticket.who,
+            **_chunks(json.dumps(ticket.session, separators=(",", ":")) if ticket.session else ""),
         }
         if call_id is not None:
             props["call"] = call_id
         return props
+
+
+def _chunks(text: str) -> dict[str, object]:
+    return {
+        f"session{index}": text[start : start + SESSION_CHUNK]
+        for index, start in enumerate(range(0, len(text), SESSION_CHUNK))
+    }
+
+
+def decided_session(props: dict[str, object]) -> dict[str, object]:
+    """The session the server decided for this call, as `confirm` recorded it (empty when none was)."""
+    text = "".join(
+        str(props[f"session{index}"])
+        for index in itertools.takewhile(lambda i: f"session{i}" in props, itertools.count())
+    )
+    try:
+        session = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return session if isinstance(session, dict) else {}
+
+
+def _same_state(fresh: Row, seen: Row) -> bool:
+    return all(fresh.props.get(name) == seen.props.get(name) for name in ("status", "claimed", "call"))
 
 
 def _unrecorded() -> ApiError:

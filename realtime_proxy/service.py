@@ -29,25 +29,34 @@ from .ledger import Ledger
 from .logs import REQUEST_ID, logger, new_request_id, remember_secret
 from .policy import public_config
 from .ratelimit import RateLimiter
+from .reports import CallReport
 from .settings import Settings, SharedLimits, load_settings
+from .sideband import Sideband
 from .static_files import StaticFiles
+from .supervisor import HandOff, Supervisor
 from .tables import MemoryTable, StorageTable, Table, Unavailable
 from .telemetry import NO_TELEMETRY, NoTelemetry, Telemetry, telemetry_from_environ
 from .upstream import Upstream
 
 STATIC_ROOT = Path(__file__).resolve().parent.parent / "static"
-RESERVED = {"connect": "POST, OPTIONS", "config": "GET", "operator/pause": "POST", "operator/resume": "POST"}
-Handler = Callable[[func.HttpRequest], Awaitable[func.HttpResponse]]
+RESERVED = {
+    "connect": "POST, OPTIONS",
+    "config": "GET",
+    "operator/pause": "POST",
+    "operator/resume": "POST",
+    "operator/calls": "GET",
+}
+Handler = Callable[..., Awaitable[func.HttpResponse]]  # the request, then whatever bindings the function has
 log = logger(__name__)
 
 
 def guarded(handler: Handler) -> Handler:
     @wraps(handler)
-    async def run(req: func.HttpRequest) -> func.HttpResponse:
+    async def run(req: func.HttpRequest, *bindings: object) -> func.HttpResponse:
         request_id = new_request_id(req.headers.get("traceparent"))
         token = REQUEST_ID.set(request_id)
         try:
-            response = await handler(req)
+            response = await handler(req, *bindings)
         except ApiError as error:
             response = error_response(error)
         except Unavailable as error:
@@ -83,6 +92,7 @@ class RealtimeProxy:
         self.identity = Identity(settings.managed_identity_client_id)
         self.table = _table(settings.shared, self.identity)
         self.upstream: Upstream | None = None
+        self.supervisor: Supervisor | None = None
         if settings.configured:
             credentials: Credentials = (
                 ApiKeyCredentials(settings.api_key)
@@ -100,8 +110,23 @@ class RealtimeProxy:
         self.admission = Admission(
             self.table, local, self.ledger, settings.shared, settings.limits.rate_limit_per_minute
         )
+        if self.upstream and settings.supervision.mode != "off":
+            self.supervisor = Supervisor(
+                self.ledger,
+                Sideband(self.upstream),
+                settings.supervision,
+                telemetry,
+                settings.policy.turn_detection_choosable,
+            )
         self._connect = ConnectHandler(
-            settings, self.upstream, self.origins, self.limiter, self.admission, self.ledger, telemetry
+            settings,
+            self.upstream,
+            self.origins,
+            self.limiter,
+            self.admission,
+            self.ledger,
+            telemetry,
+            HandOff(self.supervisor is not None),
         )
         self.calls = CallControl(self.ledger, self.origins, settings.configured)
         self.files = StaticFiles(static_root)
@@ -114,6 +139,7 @@ class RealtimeProxy:
         self.pause = guarded(self.calls.pause)
         self.resume = guarded(self.calls.resume)
         self.sweep = self.calls.sweep
+        self.operator_calls = guarded(CallReport(self.ledger, settings.supervision.prices).calls)
         log.info(
             "limits: %s",
             "shared, in the app's storage account"
@@ -128,8 +154,18 @@ class RealtimeProxy:
             )
         await self.upstream.hangup(call_id)
 
+    async def supervise(self, message: bytes) -> None:
+        """The queue trigger: stays in one call until it ends (realtime_proxy/supervisor.py)."""
+        if self.supervisor is None:
+            log.warning("a call reached the supervisor queue while supervision is off or unconfigured; dropped")
+            return
+        await self.supervisor.run(message)
+
     async def aclose(self) -> None:
-        """What a worker does as it shuts down: end local work, close sockets, close the one credential."""
+        """What a worker does as it shuts down: leave supervised calls, end local work, close sockets, close the
+        one credential."""
+        if self.supervisor:
+            await self.supervisor.aclose()
         await self.ledger.aclose()
         if self.upstream:
             await self.upstream.aclose()

@@ -7,6 +7,7 @@ and `/connect` reports them as `not_configured`, naming the setting but never it
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -65,6 +66,17 @@ class SharedLimits:
 
 
 @dataclass(frozen=True)
+class Supervision:
+    """The server's part in a live call after `/connect` answers (realtime_proxy/supervisor.py)."""
+
+    mode: str = "off"  # off | observe | enforce; the default is enforce when the app has a storage account
+    queue: str = "realtime-calls"  # the Storage queue that hands each admitted call to a supervisor
+    strikes: int = 3  # enforce: the violation that hangs the call up instead of restoring the session
+    warning_seconds: int = 30  # how long before the planned end the call is told it is ending
+    prices: dict[str, dict[str, float]] | None = None  # REALTIME_PRICES; None: usage.EXAMPLE_PRICES
+
+
+@dataclass(frozen=True)
 class Settings:
     resource_url: str | None = None
     deployment: str = "gpt-realtime"
@@ -77,6 +89,7 @@ class Settings:
     policy: SessionPolicy = SessionPolicy()
     limits: Limits = Limits()
     shared: SharedLimits = SharedLimits()
+    supervision: Supervision = Supervision()
     problems: tuple[str, ...] = ()
 
     @property
@@ -191,6 +204,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             resource_url = normalize_base_url(raw_url)
         except ValueError as exc:
             read.problems.append(f"AZURE_OPENAI_BASE_URL {exc}")
+    shared = _read_shared(read)
     return Settings(
         resource_url=resource_url,
         deployment=read.token("AZURE_OPENAI_DEPLOYMENT", "gpt-realtime") or "gpt-realtime",
@@ -202,7 +216,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         emulator=read.flag("REALTIME_EMULATOR"),
         policy=_read_policy(read),
         limits=_read_limits(read),
-        shared=_read_shared(read),
+        shared=shared,
+        supervision=_read_supervision(read, bool(shared.storage or shared.storage_endpoint)),
         problems=tuple(read.problems),
     )
 
@@ -259,6 +274,51 @@ def _read_shared(read: _Reader) -> SharedLimits:
         max_session_seconds=int(read.number("REALTIME_MAX_SESSION_SECONDS", 0, 10, 3600, off=0)),
         fail_mode=read.choice("LIMITS_FAIL_MODE", "closed", ("closed", "open")),
     )
+
+
+def _read_supervision(read: _Reader, storage: bool) -> Supervision:
+    """Supervision needs the queue and the ledger in the app's storage account: without one it is off, and asking
+    for it is a problem named at /connect rather than calls nobody supervises."""
+    mode = read.choice("REALTIME_SUPERVISOR", "enforce" if storage else "off", ("off", "observe", "enforce"))
+    if mode != "off" and not storage:
+        read.problems.append(f"REALTIME_SUPERVISOR={mode} needs a storage account (AzureWebJobsStorage)")
+        mode = "off"
+    queue = read.token("REALTIME_SUPERVISOR_QUEUE", "realtime-calls") or "realtime-calls"
+    if not re.fullmatch(r"[a-z0-9](?:[a-z0-9]|-(?!-)){1,61}[a-z0-9]", queue):
+        read.problems.append("REALTIME_SUPERVISOR_QUEUE must be 3-63 lowercase letters, digits and single hyphens")
+        queue = "realtime-calls"
+    return Supervision(
+        mode=mode,
+        queue=queue,
+        strikes=int(read.number("REALTIME_POLICY_STRIKES", 3, 1, 100)),
+        warning_seconds=int(read.number("REALTIME_END_WARNING_SECONDS", 30, 0, 600)),
+        prices=_prices(read),
+    )
+
+
+PRICE_KINDS = ("textIn", "cachedTextIn", "audioIn", "cachedAudioIn", "textOut", "audioOut")
+
+
+def _prices(read: _Reader) -> dict[str, dict[str, float]] | None:
+    """REALTIME_PRICES: USD per 1M tokens per deployment, `{"my-deployment": {"textIn": 4, …}}` with every kind."""
+    raw = read.text("REALTIME_PRICES")
+    if raw is None:
+        return None
+    try:
+        table = json.loads(raw)
+    except ValueError:
+        table = None
+    if isinstance(table, dict) and all(
+        isinstance(prices, dict)
+        and set(prices) == set(PRICE_KINDS)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1e6 for v in prices.values())
+        for prices in table.values()
+    ):
+        return {str(name): {kind: float(v) for kind, v in prices.items()} for name, prices in table.items()}
+    read.problems.append(
+        "REALTIME_PRICES must be JSON naming deployments, each with " + ", ".join(PRICE_KINDS) + " (USD per 1M tokens)"
+    )
+    return None
 
 
 def _storage_connection(read: _Reader) -> str | None:

@@ -40,6 +40,8 @@ DEPLOYMENT = "realtime.deployment"
 CLIENT_ORIGIN = "realtime.client.origin"  # the Origin header as sent (browsers send it with every POST)
 REQUEST_ID_ATTRIBUTE = "realtime.request_id"  # X-Request-Id; also the trace id when the caller sent traceparent
 STAGE = "realtime.stage"
+TOKEN_KIND = "realtime.token.kind"  # usage.COUNTS names: inputAudioTokens, outputTextTokens, …
+CLIENT = "realtime.client"  # the ledger's hash of the caller's address, never the address itself
 STATUS_CODE = "http.response.status_code"  # what the caller got; Application Insights shows it as resultCode
 METHOD = "http.request.method"  # without it the exporter leaves resultCode at 0
 ATTRIBUTES = frozenset(
@@ -58,6 +60,8 @@ ATTRIBUTES = frozenset(
 )
 CONNECT_DURATION = "realtime.connect.duration"  # seconds, by OUTCOME: its count per outcome is "outcomes by code"
 UPSTREAM_DURATION = "realtime.upstream.duration"  # seconds, by STAGE and OUTCOME
+TOKENS = "realtime.tokens"  # tokens a supervised call consumed, by TOKEN_KIND, DEPLOYMENT and CLIENT
+METRIC_ATTRIBUTES = frozenset({OUTCOME, STAGE, TOKEN_KIND, DEPLOYMENT, CLIENT})  # what metrics carry
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0)  # seconds, up to the deadline
 _MAX_ORIGIN = 256  # a real origin is short; the header is the caller's to fill
 log = logger(__name__)
@@ -109,6 +113,9 @@ class NoTelemetry:
     def upstream_answered(self, answer: Answer) -> None:
         pass
 
+    def tokens(self, added: dict[str, int], model: str, client: str) -> None:
+        pass
+
 
 NO_TELEMETRY = NoTelemetry()
 _NO_RECORD = _NoRecord()
@@ -137,6 +144,9 @@ class Telemetry:
             unit="s",
             description="Time spent in each upstream stage of a connect",
             explicit_bucket_boundaries_advisory=_BUCKETS,
+        )
+        self.token_counter = meter.create_counter(
+            TOKENS, unit="{token}", description="Tokens supervised calls consumed, by kind, deployment and client"
         )
         self._propagator = TraceContextTextMapPropagator()
 
@@ -178,6 +188,11 @@ class Telemetry:
         """Notes every Azure OpenAI answer's status on the running connect, retries included, before it becomes
         a result or an ApiError that no longer carries the status (Upstream's `on_answer` hook)."""
         (_RECORD.get() or _NO_RECORD).upstream_answered(answer)
+
+    def tokens(self, added: dict[str, int], model: str, client: str) -> None:
+        """One response's usage (the supervisor's meter): a data point per kind of token."""
+        for kind, count in added.items():
+            self.token_counter.add(count, {TOKEN_KIND: kind, DEPLOYMENT: model, CLIENT: client})
 
     def stage_span(self, name: str, parent: Span) -> Span:
         from opentelemetry import trace

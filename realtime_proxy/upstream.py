@@ -91,7 +91,7 @@ class Upstream:
         self.on_answer = on_answer  # every answer's status, retries included (telemetry)
         self.proxy = proxy_for(settings.endpoint("calls"))
         bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-        self._ssl: ssl.SSLContext | bool = ssl.create_default_context(cafile=bundle) if bundle else True
+        self.ssl: ssl.SSLContext | bool = ssl.create_default_context(cafile=bundle) if bundle else True
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -101,7 +101,7 @@ class Upstream:
         if self._session is None or self._loop is not loop:
             self._loop, limits = loop, self.settings.limits
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS, ssl=self._ssl),
+                connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS, ssl=self.ssl),
                 cookie_jar=aiohttp.DummyCookieJar(),
                 timeout=aiohttp.ClientTimeout(sock_connect=limits.connect_timeout, sock_read=limits.read_timeout),
                 headers={"User-Agent": "azure-functions-realtime-proxy/1.0"},

@@ -26,6 +26,7 @@ INFRA = ROOT / "infra"
 OPENAI_USER_ROLE = "5e0bd9bd-7b93-4f28-af87-19fc36ad61bd"  # Cognitive Services OpenAI User
 BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
 TABLE_DATA_CONTRIBUTOR = "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3"
+QUEUE_DATA_CONTRIBUTOR = "974c5e8b-45b9-4653-ba55-5f855dd0fb88"
 METRICS_PUBLISHER = "3913510d-42f4-4e42-8a64-420c390055eb"
 # Read by the Functions host or platform, not by this app's code.
 PLATFORM_PREFIXES = ("AzureWebJobsStorage__", "APPLICATIONINSIGHTS_", "FUNCTIONS_", "WEBSITE_")
@@ -215,7 +216,7 @@ def test_openai_user_role_is_granted_on_the_openai_resource_to_the_apps_identity
     )
 
 
-def test_host_storage_and_telemetry_roles_go_to_the_same_principal():
+def test_host_storage_queue_and_telemetry_roles_go_to_the_same_principal():
     app = tree("modules/app.bicep")
     granted = {}
     for assignment in resources(app, "Microsoft.Authorization/roleAssignments").values():
@@ -225,6 +226,7 @@ def test_host_storage_and_telemetry_roles_go_to_the_same_principal():
     assert granted == {
         BLOB_DATA_OWNER: ("storage", "principalId"),
         TABLE_DATA_CONTRIBUTOR: ("storage", "principalId"),
+        QUEUE_DATA_CONTRIBUTOR: ("storage", "principalId"),
         METRICS_PUBLISHER: ("appInsights", "principalId"),
     }
 

@@ -275,9 +275,10 @@ def test_documented_queries_use_only_names_the_app_emits() -> None:
     page = (ROOT / "docs" / "operating.md").read_text(encoding="utf-8")
     section = page.split("\n## Logs and telemetry\n", 1)[1].split("\n## ", 1)[0]
     used = set(re.findall(r'(?:customDimensions|Properties)\["([^"]+)"\]', section))
-    assert {t.OUTCOME, t.STAGE, t.CLIENT_ORIGIN} <= used <= t.ATTRIBUTES, used - t.ATTRIBUTES
+    known = t.ATTRIBUTES | t.METRIC_ATTRIBUTES
+    assert {t.OUTCOME, t.STAGE, t.CLIENT_ORIGIN} <= used <= known, used - known
     metrics = set(re.findall(r'name == "(realtime\.[^"]+)"', section))
-    assert metrics <= {t.CONNECT_DURATION, t.UPSTREAM_DURATION}, metrics
+    assert metrics <= {t.CONNECT_DURATION, t.UPSTREAM_DURATION, t.TOKENS}, metrics
 
 
 def imported_after_function_app(**env: str) -> list[str]:

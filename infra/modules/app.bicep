@@ -17,6 +17,7 @@ param rateLimitPerMinute int
 param rateLimitBurst int
 param maxSessionSeconds int
 param maxActiveSessions int
+param supervisorMode string
 param zoneRedundant bool
 
 var appName = 'func-${resourceToken}'
@@ -25,6 +26,7 @@ var deploymentContainerName = 'app-package'
 // Built-in role definition ids.
 var storageBlobDataOwner = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
 var storageTableDataContributor = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
+var storageQueueDataContributor = '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
 var monitoringMetricsPublisher = '3913510d-42f4-4e42-8a64-420c390055eb'
 
 resource userIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = if (useUserAssignedIdentity) {
@@ -142,6 +144,8 @@ var commonSettings = [
   // Shared limits live in this storage account's table (the role above); the sweep enforces the session length.
   { name: 'REALTIME_MAX_SESSION_SECONDS', value: string(maxSessionSeconds) }
   { name: 'MAX_ACTIVE_SESSIONS', value: string(maxActiveSessions) }
+  // Each admitted call goes through this account's queue to a supervisor (the queue role below).
+  { name: 'REALTIME_SUPERVISOR', value: supervisorMode }
 ]
 
 // With a user-assigned identity every consumer must be told which one: azure-identity (AZURE_CLIENT_ID),
@@ -238,7 +242,6 @@ resource scmCredentials 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@
 }
 
 // Host storage (AzureWebJobsStorage) and the deployment package: the Functions host needs Blob Data Owner.
-// No queue role: the app has no queue or blob triggers, so the host never touches queues.
 resource blobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   scope: storage
   name: guid(storage.id, app.id, storageBlobDataOwner, identityKind)
@@ -255,6 +258,18 @@ resource tableContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' =
   name: guid(storage.id, app.id, storageTableDataContributor, identityKind)
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageTableDataContributor)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Admitted calls reach their supervisors through a queue in this account (REALTIME_SUPERVISOR_QUEUE): /connect
+// writes with the queue output binding, the queue trigger reads, and poison messages are moved, all by identity.
+resource queueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: storage
+  name: guid(storage.id, app.id, storageQueueDataContributor, identityKind)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageQueueDataContributor)
     principalId: principalId
     principalType: 'ServicePrincipal'
   }
