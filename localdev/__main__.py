@@ -9,7 +9,6 @@ With no storage account (AzureWebJobsStorage empty or `UseDevelopmentStorage=tru
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -116,7 +115,7 @@ def main() -> None:
             time.sleep(3600)  # Ctrl-C interrupts a sleep on every OS; on Windows it cannot interrupt Event.wait()
     except KeyboardInterrupt:
         server.shutdown()
-        asyncio.run_coroutine_threadsafe(proxy.aclose(), server.app.loop).result(timeout=10)  # type: ignore[attr-defined]
+        server.app.close(proxy.aclose())  # type: ignore[attr-defined]
     finally:
         if storage:
             storage.stop()
