@@ -48,8 +48,9 @@ class _Function:
     path: str  # in Werkzeug's syntax, prefix included
 
 
-def route_prefix(config: Mapping[str, Any]) -> str:
-    return str(config.get("extensions", {}).get("http", {}).get("routePrefix", "api")).strip("/")
+def route_prefix(host_json: Path) -> str:
+    config = json.loads(host_json.read_text())
+    return config.get("extensions", {}).get("http", {}).get("routePrefix", "api").strip("/")
 
 
 def _rule_path(prefix: str, template: str) -> str:
@@ -146,15 +147,16 @@ class FunctionsHost:
     def __init__(
         self,
         app: func.FunctionApp,
-        config: Mapping[str, Any],  # host.json
+        prefix: str,
         function_key: str | None = None,
         admin_key: str | None = None,
+        queue_options: QueueOptions = QueueOptions(),  # noqa: B008 (frozen)
         environ: Mapping[str, str] = os.environ,  # the app settings, for %NAME% and connections
     ) -> None:
         self.function_key = function_key
         self.admin_key = admin_key
         registered = app.get_functions()  # may be called once per app
-        self.functions = {function.name: function for function in _functions(registered, route_prefix(config))}
+        self.functions = {function.name: function for function in _functions(registered, prefix)}
         self.allowed: dict[str, set[str]] = {}  # per route path, every method some function takes there
         for function in self.functions.values():
             self.allowed.setdefault(function.path, set()).update(function.methods)
@@ -165,7 +167,7 @@ class FunctionsHost:
         self.paths = Map([r for path in self.allowed for r in _rules(path, path, None)], strict_slashes=False)
         # The worker's single event loop, for `async def` handlers.
         self.loop = asyncio.new_event_loop()
-        self.queues = Queues(registered, QueueOptions.from_host_json(config), self.loop, environ)
+        self.queues = Queues(registered, queue_options, self.loop, environ)
         self._loop_thread = threading.Thread(target=self.loop.run_forever, name="functions-host-loop", daemon=True)
         self._loop_thread.start()
         for timer in _timers(registered):
@@ -300,7 +302,14 @@ def serve(
     server = make_server(
         host,
         port,
-        FunctionsHost(app, json.loads(host_json.read_text()), function_key, admin_key, environ),
+        FunctionsHost(
+            app,
+            route_prefix(host_json),
+            function_key,
+            admin_key,
+            QueueOptions.from_host_json(json.loads(host_json.read_text())),
+            environ,
+        ),
         threaded=True,
         request_handler=_AccessLog,
     )

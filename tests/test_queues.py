@@ -21,7 +21,7 @@ import requests
 from azure.storage.queue.aio import QueueClient
 
 from localdev.host import serve
-from localdev.queues import QueueBindingError
+from localdev.queues import QueueBindingError, QueueOptions
 from tests.azurite import Storage
 from tests.test_shared_limits import wait_for
 
@@ -283,3 +283,12 @@ def test_without_storage_queue_functions_do_not_run_and_the_host_says_so_once(
         "functions set on queue outputs to it is dropped."
     ]
     assert hosts.remaining() == 0
+
+
+def test_the_apps_host_json_lets_one_instance_supervise_many_hour_long_calls() -> None:
+    config = json.loads((Path(__file__).resolve().parent.parent / "host.json").read_text())
+    options = QueueOptions.from_host_json(config)
+    assert options.batch_size + options.new_batch_threshold >= 500  # issue 17's goal for one instance
+    assert (options.max_dequeue_count, options.message_encoding) == (5, "base64")
+    hours, minutes, _ = (int(part) for part in config["functionTimeout"].split(":"))
+    assert 60 < hours * 60 + minutes <= 120  # past a 60-minute session, yet a stuck function still ends
