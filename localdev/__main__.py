@@ -4,6 +4,8 @@ With no Azure settings (environment or local.settings.json) it starts the local 
 points the app at it, so the whole loop works on a fresh machine; with Azure settings it never does.
 With no storage account (AzureWebJobsStorage empty or `UseDevelopmentStorage=true`) it starts Azurite, data in
 `.azurite/`, so limits are shared as on Azure; without node or Azurite it runs with limits per instance.
+Queue-triggered functions run against that storage as on Azure (docs/local-development.md); without it they
+do not run, and the host says so once.
 """
 
 from __future__ import annotations
