@@ -4,12 +4,13 @@ With no Azure settings (environment or local.settings.json) it starts the local 
 points the app at it, so the whole loop works on a fresh machine; with Azure settings it never does.
 With no storage account (AzureWebJobsStorage empty or `UseDevelopmentStorage=true`) it starts Azurite, data in
 `.azurite/`, so limits are shared as on Azure; without node or Azurite it runs with limits per instance.
+Queue-triggered functions run against that storage as on Azure (docs/local-development.md); without it they
+do not run, and the host says so once.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -116,7 +117,7 @@ def main() -> None:
             time.sleep(3600)  # Ctrl-C interrupts a sleep on every OS; on Windows it cannot interrupt Event.wait()
     except KeyboardInterrupt:
         server.shutdown()
-        asyncio.run_coroutine_threadsafe(proxy.aclose(), server.app.loop).result(timeout=10)  # type: ignore[attr-defined]
+        server.app.close(proxy.aclose())  # type: ignore[attr-defined]
     finally:
         if storage:
             storage.stop()

@@ -1,4 +1,5 @@
-"""A small stand-in for the Functions host: serves a `FunctionApp`'s registered HTTP routes over Werkzeug.
+"""A small stand-in for the Functions host: serves a `FunctionApp`'s registered HTTP routes over Werkzeug, and runs
+its timer and Storage queue triggers (queues: localdev/queues.py).
 
 Functions Core Tools cannot be installed everywhere; this gives the same URLs and the same responses
 as `func start` (routePrefix from host.json, route templates, methods), and is what the browser tests use.
@@ -17,7 +18,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,10 @@ from werkzeug.routing import Map, Rule
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
+from .queues import QueueOptions, Queues
+
 log = logging.getLogger(__name__)
+HOST_JSON = Path(__file__).resolve().parent.parent / "host.json"
 
 
 @dataclass(frozen=True)
@@ -141,7 +145,13 @@ def _error(status: int, code: str, message: str, request_id: str, headers: Mappi
 
 class FunctionsHost:
     def __init__(
-        self, app: func.FunctionApp, prefix: str, function_key: str | None = None, admin_key: str | None = None
+        self,
+        app: func.FunctionApp,
+        prefix: str,
+        function_key: str | None = None,
+        admin_key: str | None = None,
+        queue_options: QueueOptions = QueueOptions(),  # noqa: B008 (frozen)
+        environ: Mapping[str, str] = os.environ,  # the app settings, for %NAME% and connections
     ) -> None:
         self.function_key = function_key
         self.admin_key = admin_key
@@ -157,10 +167,12 @@ class FunctionsHost:
         self.paths = Map([r for path in self.allowed for r in _rules(path, path, None)], strict_slashes=False)
         # The worker's single event loop, for `async def` handlers.
         self.loop = asyncio.new_event_loop()
+        self.queues = Queues(registered, queue_options, self.loop, environ)
         self._loop_thread = threading.Thread(target=self.loop.run_forever, name="functions-host-loop", daemon=True)
         self._loop_thread.start()
         for timer in _timers(registered):
             asyncio.run_coroutine_threadsafe(self._run_timer(timer), self.loop)
+        self.queues.start()
 
     async def _run_timer(self, timer: _Timer) -> None:
         """Runs a timer function on its schedule, like the host (one run at a time; a failure is logged)."""
@@ -174,8 +186,19 @@ class FunctionsHost:
             except Exception:
                 log.exception("timer function %s failed", timer.name)
 
-    def close(self) -> None:
-        """Stops the event loop; the server must not be serving any more."""
+    def run(self, work: Awaitable[Any], timeout: float | None = None) -> Any:
+        """Runs `work` on the worker's event loop and returns its result."""
+
+        async def awaited() -> Any:
+            return await work
+
+        return asyncio.run_coroutine_threadsafe(awaited(), self.loop).result(timeout)
+
+    def close(self, *cleanup: Awaitable[Any]) -> None:
+        """Stops the queue listeners (running queue functions are cancelled, their messages go back to the queue),
+        awaits `cleanup` on the loop, then stops the loop; the server must not be serving any more."""
+        for work in (self.queues.aclose(), *cleanup):
+            self.run(work, timeout=10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._loop_thread.join()
         self.loop.close()
@@ -210,11 +233,13 @@ class FunctionsHost:
             return _error(500, "internal_error", f"The function failed; quote request id {request_id}.", request_id)
 
     def _invoke(self, function: _Function, request: func.HttpRequest) -> func.HttpResponse:
-        result = function.handler(**{function.binding: request})
+        outputs = self.queues.new_outputs(function.name)
+        result = function.handler(**{function.binding: request}, **outputs)
         if inspect.iscoroutine(result):
-            result = asyncio.run_coroutine_threadsafe(result, self.loop).result()
+            result = self.run(result)
         if not isinstance(result, func.HttpResponse):
             raise TypeError(f"function {function.name} returned {type(result).__name__}, not func.HttpResponse")
+        self.run(self.queues.send(function.name, outputs))  # after it succeeded, as the host writes outputs
         return result
 
     def _authorised(self, level: str, key: str | None) -> bool:
@@ -270,13 +295,21 @@ def serve(
     port: int = 7071,
     function_key: str | None = None,
     admin_key: str | None = None,
+    host_json: Path = HOST_JSON,
+    environ: Mapping[str, str] = os.environ,
 ) -> BaseWSGIServer:
     """Starts serving in a daemon thread and returns the server (its port, shutdown(), and `.app.close()`)."""
-    top = Path(__file__).resolve().parent.parent
     server = make_server(
         host,
         port,
-        FunctionsHost(app, route_prefix(top / "host.json"), function_key, admin_key),
+        FunctionsHost(
+            app,
+            route_prefix(host_json),
+            function_key,
+            admin_key,
+            QueueOptions.from_host_json(json.loads(host_json.read_text())),
+            environ,
+        ),
         threaded=True,
         request_handler=_AccessLog,
     )
