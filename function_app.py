@@ -11,11 +11,13 @@ from realtime_proxy.service import RealtimeProxy
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 proxy = RealtimeProxy.from_environ()
 CONNECT_AUTH = func.AuthLevel(proxy.settings.connect_auth_level)
+CALLS_QUEUE = proxy.settings.supervision.queue  # REALTIME_SUPERVISOR_QUEUE: admitted calls, to their supervisors
 
 
 @app.route(route="connect", methods=["POST"], auth_level=CONNECT_AUTH)
-async def connect(req: func.HttpRequest) -> func.HttpResponse:
-    return await proxy.connect(req)
+@app.queue_output(arg_name="calls", queue_name=CALLS_QUEUE, connection="AzureWebJobsStorage")
+async def connect(req: func.HttpRequest, calls: func.Out[str]) -> func.HttpResponse:
+    return await proxy.connect(req, calls)
 
 
 @app.route(route="connect", methods=["OPTIONS"])
@@ -43,6 +45,17 @@ async def pause(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="operator/resume", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
 async def resume(req: func.HttpRequest) -> func.HttpResponse:
     return await proxy.resume(req)
+
+
+@app.route(route="operator/calls", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
+async def operator_calls(req: func.HttpRequest) -> func.HttpResponse:
+    return await proxy.operator_calls(req)
+
+
+# One run per live call, for as long as the call lasts (host.json: functionTimeout, extensions.queues).
+@app.queue_trigger(arg_name="message", queue_name=CALLS_QUEUE, connection="AzureWebJobsStorage")
+async def supervise(message: func.QueueMessage) -> None:
+    await proxy.supervise(message.get_body())
 
 
 @app.timer_trigger(schedule="0 * * * * *", arg_name="timer", run_on_startup=False)

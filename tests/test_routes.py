@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from localdev.host import FunctionsHost, serve
+from localdev.queues import Output
 from tests.conftest import API_KEY, OFFER, LocalHost, multipart, offer_request, request
 
 
@@ -30,8 +31,14 @@ def registered(fake, monkeypatch) -> dict:
 
 
 def invoke(function, req: func.HttpRequest) -> func.HttpResponse:
-    """Calls a registered function as the worker would, whether it is `def` or `async def`."""
-    result = function.get_user_function()(req)
+    """Calls a registered function as the worker would, whether it is `def` or `async def`, with an output object
+    for each output binding."""
+    outputs = {
+        binding["name"]: Output()
+        for binding in (b.get_dict_repr() for b in function.get_bindings())
+        if binding["type"] == "queue"
+    }
+    result = function.get_user_function()(req, **outputs)
     return asyncio.run(result) if asyncio.iscoroutine(result) else result
 
 
@@ -50,12 +57,25 @@ def test_routes_do_not_collide_with_host_reserved_prefixes(registered) -> None:
         "hang_up_preflight": "calls/{call_id}/hangup",
         "pause": "operator/pause",
         "resume": "operator/resume",
+        "operator_calls": "operator/calls",
         "sweep": None,
+        "supervise": None,
     }
     assert not any(route.startswith(("admin", "runtime")) for route in routes.values() if route)
+    operator = ("pause", "resume", "operator_calls")
     assert {
-        name: str(trigger(f)["authLevel"].value) for name, f in registered.items() if name in ("pause", "resume")
-    } == {"pause": "admin", "resume": "admin"}, "the kill switch needs the admin key, never a key handed to pages"
+        name: str(trigger(f)["authLevel"].value) for name, f in registered.items() if name in operator
+    } == dict.fromkeys(operator, "admin"), (
+        "the kill switch and the calls report need the admin key, never a key handed to pages"
+    )
+    supervise = trigger(registered["supervise"])
+    assert (supervise["type"], supervise["queueName"], supervise["connection"]) == (
+        "queueTrigger",
+        "realtime-calls",
+        "AzureWebJobsStorage",
+    ), "one supervisor run per admitted call, from the queue /connect writes to"
+    [output] = [b.get_dict_repr() for b in registered["connect"].get_bindings() if b.get_dict_repr()["type"] == "queue"]
+    assert output["queueName"] == supervise["queueName"] and output["connection"] == "AzureWebJobsStorage"
     assert trigger(registered["sweep"])["schedule"] == "0 * * * * *", "the session-length sweep runs every minute"
 
 
