@@ -2,8 +2,9 @@
 records them, and injects faults on demand.
 
 It checks what the real `/openai/v1` endpoints check (auth header, JSON shape, `session.type`, the ten
-voices, beta-era fields, content types, SDP) so the function app's requests are proven correct, not just sent.
-Offers are answered by a pluggable answerer: a canned SDP for HTTP tests, a real WebRTC peer for the emulator.
+voices, beta-era fields, content types, SDP, which deployments reason and which are GPT-Live) so the function
+app's requests are proven correct, not just sent. GPT-Live's strict session endpoint is `fake_live`. Offers are
+answered by a pluggable answerer: a canned SDP for HTTP tests, a real WebRTC peer for the emulator.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ VOICES = {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse",
 # on every connect); the emulator accepts them but cannot vouch that Azure does. Anything else is refused.
 AZURE_SESSION_KEYS = {"type", "model", "instructions", "output_modalities", "audio"}
 OPENAI_SESSION_KEYS = {"tools", "tool_choice", "max_output_tokens", "tracing", "truncation", "prompt", "include"}
+OPENAI_SESSION_KEYS |= {"reasoning"}  # reasoning deployments only (realtime-api.md §5: `realtime_reasoning_param.py`)
+EFFORTS = {"minimal", "low", "medium", "high"}
 SESSION_KEYS = AZURE_SESSION_KEYS | OPENAI_SESSION_KEYS
 AUDIO_INPUT_KEYS = {"transcription", "turn_detection", "noise_reduction"} | {"format"}  # Azure's | OpenAI's
 AUDIO_OUTPUT_KEYS = {"voice"} | {"format", "speed"}  # Azure's | OpenAI's
@@ -84,17 +87,25 @@ class FakeAzureOpenAI:
         host: str = "127.0.0.1",
         port: int = 0,
         hangup: Hangup = lambda call_id: None,
+        reasoning_deployments: tuple[str, ...] = ("gpt-realtime-2",),
+        live_deployments: tuple[str, ...] = ("gpt-live-1",),
+        live_answerer: Answerer | None = None,
     ) -> None:
         self.api_key = api_key
         self.hangup = hangup
         self.calls: dict[str, str] = {}  # call id -> "live" | "ended"
+        self.live_sessions: dict[str, dict] = {}  # GPT-Live session id -> its session
+        self.live_status = 201  # the service documents a JSON answer; 200 and 201 are both seen
         self.deployments = set(deployments)
+        self.reasoning_deployments = set(reasoning_deployments)
+        self.live_deployments = set(live_deployments)
+        self.live_answerer = live_answerer or answerer
         self.accepted_tokens: set[str] = set()
         self.answerer = answerer
         self.requests: list[Recorded] = []
         self.connections = 0
         self.secrets: dict[str, dict] = {}
-        self._faults: dict[str, list[Fault]] = {"client_secrets": [], "calls": [], "hangup": []}
+        self._faults: dict[str, list[Fault]] = {"client_secrets": [], "calls": [], "hangup": [], "live_sessions": []}
         self._lock = threading.Lock()
         self.host = host
         self.server = LoopbackServer((host, port), _handler_for(self))
@@ -152,18 +163,12 @@ class FakeAzureOpenAI:
             return self._client_secret(headers, body)
         if endpoint == "hangup":
             return self._hangup(headers, call_id or "")
+        if endpoint == "live_sessions":
+            return self._live_session(headers, body)
         return self._call(headers, body)
 
     def _client_secret(self, headers: dict[str, str], body: bytes) -> tuple[int, dict, bytes]:
-        self._authenticate(headers)
-        if headers.get("content-type", "").split(";")[0].strip() != "application/json":
-            raise ServiceError(400, "invalid_content_type", "Content-Type must be application/json.")
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            raise ServiceError(400, "invalid_json", "We could not parse the JSON body of your request.") from None
-        if not isinstance(payload, dict):
-            raise ServiceError(400, "invalid_type", "The body must be a JSON object.")
+        payload = self._json_request(headers, body)
         _only(payload, {"expires_after", "session"}, "")
         ttl = self._expiry(payload.get("expires_after"))
         session = payload.get("session")
@@ -180,6 +185,35 @@ class FakeAzureOpenAI:
             "session": {**session, "id": "sess_" + secrets.token_hex(8)},
         }
         return 200, {"Content-Type": "application/json"}, json.dumps(answer).encode()
+
+    def _json_request(self, headers: dict[str, str], body: bytes) -> dict:
+        self._authenticate(headers)
+        if headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            raise ServiceError(400, "invalid_content_type", "Content-Type must be application/json.")
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            raise ServiceError(400, "invalid_json", "We could not parse the JSON body of your request.") from None
+        if not isinstance(payload, dict):
+            raise ServiceError(400, "invalid_type", "The body must be a JSON object.")
+        return payload
+
+    def _live_session(self, headers: dict[str, str], body: bytes) -> tuple[int, dict, bytes]:
+        """GPT-Live (realtime-api.md §6): the backend posts the session and the offer; JSON with the answer back."""
+        from .fake_live import check_live_request  # it builds on this module's errors
+
+        session, offer = check_live_request(self._json_request(headers, body))
+        if session["model"] not in self.live_deployments:
+            raise ServiceError(404, "DeploymentNotFound", "The API deployment for this resource does not exist.")
+        session_id = "sess_" + secrets.token_hex(12)
+        try:
+            answer = self.live_answerer(offer, session, session_id)
+        except ValueError as exc:
+            raise ServiceError(400, "invalid_offer", f"The SDP offer could not be applied: {exc}") from None
+        with self._lock:
+            self.live_sessions[session_id] = session
+        created = {"session": {**session, "id": session_id, "object": "live.session"}, "transport": {"sdp": answer}}
+        return self.live_status, {"Content-Type": "application/json"}, json.dumps(created).encode()
 
     def _authenticate(self, headers: dict[str, str]) -> None:
         key, auth = headers.get("api-key"), headers.get("authorization", "")
@@ -207,8 +241,13 @@ class FakeAzureOpenAI:
 
     def _check_session(self, session: dict) -> None:
         check_session_fields(session)
-        if session.get("model") not in self.deployments:
+        model = session.get("model")
+        if model in self.live_deployments:
+            raise ServiceError(400, "invalid_value", "GPT-Live issues no client secrets; use /live/sessions.", "model")
+        if model not in self.deployments | self.reasoning_deployments:
             raise ServiceError(404, "DeploymentNotFound", "The API deployment for this resource does not exist.")
+        if "reasoning" in session and model not in self.reasoning_deployments:
+            raise ServiceError(400, "unknown_parameter", "Unknown parameter: 'session.reasoning'.", "session.reasoning")
 
     def _call(self, headers: dict[str, str], body: bytes) -> tuple[int, dict, bytes]:
         auth = headers.get("authorization", "")
@@ -265,6 +304,10 @@ def check_session_fields(session: dict) -> None:
     voice = audio.get("output", {}).get("voice")
     if voice is not None and voice not in VOICES:
         raise ServiceError(400, "invalid_value", f"Invalid value: '{voice}'.", "session.audio.output.voice")
+    reasoning = session.get("reasoning", {"effort": "low"})
+    _only(reasoning, {"effort"}, "session.reasoning.")
+    if reasoning.get("effort") not in EFFORTS:
+        raise ServiceError(400, "invalid_value", "Invalid reasoning effort.", "session.reasoning.effort")
     turn = audio.get("input", {}).get("turn_detection")
     if turn is not None and (not isinstance(turn, dict) or turn.get("type") not in ("server_vad", "semantic_vad")):
         raise ServiceError(
@@ -311,7 +354,8 @@ def _handler_for(fake: FakeAzureOpenAI) -> type[BaseHTTPRequestHandler]:
             endpoint = parts.path.removeprefix("/openai/v1/realtime/")
             call_id = endpoint.removeprefix("calls/").removesuffix("/hangup") if endpoint.endswith("/hangup") else None
             endpoint = "hangup" if call_id else endpoint
-            if endpoint not in ("client_secrets", "calls", "hangup"):
+            endpoint = "live_sessions" if parts.path == "/openai/v1/live/sessions" else endpoint
+            if endpoint not in ("client_secrets", "calls", "hangup", "live_sessions"):
                 not_found = ServiceError(404, "404", "Resource not found").body()
                 self._send(404, {"Content-Type": "application/json"}, not_found, Fault())
                 return

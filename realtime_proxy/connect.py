@@ -1,10 +1,12 @@
-"""`POST /connect`: check the caller, read the offer, admit it, mint an ephemeral secret, exchange the offer, record
-the call, answer SDP. One deadline (CONNECT_DEADLINE_SECONDS) bounds all of it, storage included."""
+"""`POST /connect`: check the caller, read the offer, admit it, create the call the way its deployment's kind does
+(realtime_proxy/exchange.py), record the call, answer SDP. One deadline (CONNECT_DEADLINE_SECONDS) bounds all of it,
+storage included."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 
 import azure.functions as func
 
@@ -12,10 +14,10 @@ from .admission import Admission
 from .calls import CALL_TOKEN
 from .cors import OriginPolicy
 from .errors import ApiError, error_response
+from .exchange import Exchange
 from .ledger import Ledger
 from .logs import logger
 from .offer import Offer, read_offer
-from .policy import session_config
 from .ratelimit import RateLimiter, client_ip
 from .settings import Settings
 from .telemetry import NoTelemetry, Record, Telemetry
@@ -23,6 +25,7 @@ from .upstream import Call, Upstream
 
 log = logger(__name__)
 RESERVE_SECONDS = 2.0  # at most this much of the deadline is kept for recording the call
+TIMING_NAMES = {"client_secrets": "secret", "calls": "call", "live_sessions": "session"}  # Server-Timing's names
 
 
 class ConnectHandler:
@@ -35,6 +38,7 @@ class ConnectHandler:
         admission: Admission,
         ledger: Ledger,
         telemetry: Telemetry | NoTelemetry,
+        exchanges: Mapping[str, Exchange],
     ) -> None:
         self.settings = settings
         self.upstream = upstream
@@ -43,6 +47,7 @@ class ConnectHandler:
         self.admission = admission
         self.ledger = ledger
         self.telemetry = telemetry
+        self.exchanges = exchanges  # by deployment kind
 
     async def __call__(self, req: func.HttpRequest) -> func.HttpResponse:
         cors: dict[str, str] = {}
@@ -57,7 +62,7 @@ class ConnectHandler:
                         "The function app is not configured: " + "; ".join(self.settings.problems) + ".",
                     )
                 self.limiter.check(req)
-                offer = read_offer(req, self.settings.policy, self.settings.limits)
+                offer = read_offer(req, self.settings)
                 record.offer(offer)
                 return record.done(await self._admitted(req, self.upstream, offer, cors, record, deadline), "ok")
             except ApiError as error:
@@ -95,7 +100,7 @@ class ConnectHandler:
             release = asyncio.ensure_future(self.ledger.release(ticket))  # finishes behind the answer if it must
             await asyncio.wait({release}, timeout=max(0.0, deadline - loop.time()))
             raise
-        await self.ledger.confirm(ticket, call.call_id, deadline)
+        await self.ledger.confirm(ticket, call.call_id, deadline, call.kind)
         response.headers[CALL_TOKEN] = ticket.token
         return response
 
@@ -104,21 +109,20 @@ class ConnectHandler:
     ) -> tuple[func.HttpResponse, Call]:
         """Everything upstream, token included, runs under the deadline: whatever the resource or the identity
         endpoint does (stall, drip one byte at a time), the caller has an answer by then."""
-        stage = "credential"
-        started = time.perf_counter()
+        stages: list[tuple[str, float]] = []
+
+        def begin(name: str) -> None:
+            stages.append((name, time.perf_counter()))
+            record.stage(name)
+
         try:
             async with asyncio.timeout_at(deadline):
-                record.stage("credential")
+                begin("credential")
                 auth = await upstream.credentials.headers()
-                stage, authorised = "client_secrets", time.perf_counter()
-                record.stage(stage)
-                config = session_config(self.settings.policy, self.settings.deployment, offer)
-                secret = await upstream.mint_secret(config, auth, deadline)
-                stage, minted = "calls", time.perf_counter()
-                record.stage(stage)
-                call = await upstream.create_call(offer.sdp, secret)
+                call = await self.exchanges[offer.model.kind](offer, auth, deadline, begin)
                 record.call(call)
         except TimeoutError:
+            stage = stages[-1][0]
             log.warning("connect deadline passed during %s", stage)
             if stage == "credential":
                 raise ApiError(
@@ -126,14 +130,13 @@ class ConnectHandler:
                 ) from None
             raise ApiError(504, "upstream_timeout", "Azure OpenAI did not answer in time.") from None
         done = time.perf_counter()
-        log.info("connect ok: call %s in %.0f ms", call.call_id, (done - started) * 1000)
-        headers = {
-            **cors,
-            "Content-Type": "application/sdp",
-            "Cache-Control": "no-store",
-            "Server-Timing": f"credential;dur={(authorised - started) * 1000:.1f}, "
-            f"secret;dur={(minted - authorised) * 1000:.1f}, call;dur={(done - minted) * 1000:.1f}",
-        }
+        log.info("connect ok: call %s (%s) in %.0f ms", call.call_id, offer.model.kind, (done - stages[0][1]) * 1000)
+        ends = [at for _, at in stages[1:]] + [done]
+        timing = ", ".join(
+            f"{TIMING_NAMES.get(name, name)};dur={(end - at) * 1000:.1f}"
+            for (name, at), end in zip(stages, ends, strict=True)
+        )
+        headers = {**cors, "Content-Type": "application/sdp", "Cache-Control": "no-store", "Server-Timing": timing}
         if call.location:
             headers["Location"] = call.location
         return func.HttpResponse(call.answer_sdp, status_code=201, headers=headers), call
