@@ -11,6 +11,7 @@ from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessi
 from aiortc.mediastreams import MediaStreamTrack
 
 from .conversation import Conversation
+from .live import LiveConversation
 from .media import ToneTrack, audio_frames, peak_level
 
 CONNECT_DEADLINE_S = 30.0  # aiortc waits for the browser's ICE checks forever; give up on calls never connected
@@ -31,7 +32,7 @@ class EmulatedPeer:
     Lives on the PeerHost loop; the public attributes are plain values so tests may read them from any thread.
     """
 
-    def __init__(self, session: dict, call_id: str) -> None:
+    def __init__(self, session: dict, call_id: str, live: bool = False) -> None:
         self.call_id = call_id
         self.mic_frames = 0
         self.mic_peak = 0.0
@@ -44,7 +45,11 @@ class EmulatedPeer:
         self._closing: asyncio.Task | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._recent_peaks: deque[float] = deque(maxlen=25)  # 0.5 s of 20 ms frames
-        self.conversation = Conversation(session, self._deliver, self._tone, self._spawn)
+        self.conversation: Conversation | LiveConversation = (
+            LiveConversation(session, self._deliver, self._tone, self._spawn, call_id, self._close_soon)
+            if live
+            else Conversation(session, self._deliver, self._tone, self._spawn)
+        )
         self._pc.on("datachannel", self._on_datachannel)
         self._pc.on("track", self._on_track)
         self._pc.on("connectionstatechange", self._on_connection_state)
@@ -77,8 +82,15 @@ class EmulatedPeer:
         await self._closing
 
     async def expire(self) -> None:
-        """End the call as the service does at its session limit: a `session_expired` error, then the hang-up."""
+        """End the call as the service does at its session limit: a `session_expired` error (GPT-Live: `session.closed`
+        with reason `expired`), then the hang-up."""
         self.conversation.expire()
+        await self.close()
+
+    async def close_live(self, reason: str = "close_requested") -> None:
+        """End a GPT-Live session as `session.close` on its attach socket does: `session.closed`, then the hang-up."""
+        if isinstance(self.conversation, LiveConversation):
+            self.conversation.close(reason)
         await self.close()
 
     async def drop(self) -> None:
