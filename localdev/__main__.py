@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("localdev")
 TOP = Path(__file__).resolve().parent.parent
+EMULATED_MODELS = "gpt-realtime, gpt-realtime-mini, gpt-realtime-2:reasoning, gpt-live-1:live"  # docs/models.md
 
 
 def load_local_settings(path: Path) -> None:
@@ -42,8 +43,13 @@ def start_emulator() -> None:
 
     key = secrets.token_urlsafe(24)
     peers = PeerHost()
-    emulator = FakeAzureOpenAI(api_key=key, peers=peers)  # the peers answer, hang up, and share calls with sidebands
+    emulator = FakeAzureOpenAI(
+        api_key=key,
+        deployments=("gpt-realtime", "gpt-realtime-mini"),
+        peers=peers,  # the peers answer (GPT-Live sessions too), hang up, and share calls with sidebands
+    )
     os.environ.update(AZURE_OPENAI_BASE_URL=emulator.url, AZURE_OPENAI_API_KEY=key, REALTIME_EMULATOR="true")
+    os.environ.setdefault("REALTIME_DEPLOYMENTS", EMULATED_MODELS)
     os.environ.pop("AZURE_OPENAI_DEPLOYMENT", None)
     log.warning("No AZURE_OPENAI_BASE_URL set: using the local emulator at %s, not Azure.", emulator.url)
 

@@ -2,8 +2,9 @@
 records them, and injects faults on demand.
 
 It checks what the real `/openai/v1` endpoints check (auth header, JSON shape, `session.type`, the ten
-voices, beta-era fields, content types, SDP) so the function app's requests are proven correct, not just sent.
-Offers are answered by a pluggable answerer: a canned SDP for HTTP tests, a real WebRTC peer for the emulator.
+voices, beta-era fields, content types, SDP, which deployments reason and which are GPT-Live) so the function
+app's requests are proven correct, not just sent. GPT-Live's strict session endpoint is `fake_live`. Offers are
+answered by a pluggable answerer: a canned SDP for HTTP tests, a real WebRTC peer for the emulator.
 Each call then has a `FakeCall` (`fake.call(id)`), which a server may join over the sideband WebSocket
 (`GET /openai/v1/realtime?call_id=`, realtime-api.md §4-§5) on the same port as the HTTP endpoints.
 """
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 from .fake_call import FakeCall
+from .fake_live import check_live_request
 from .service_rules import ServiceError, check_session_fields, effective_session, only
 from .sideband import SidebandSocket, accept_token
 
@@ -75,6 +77,9 @@ class FakeAzureOpenAI:
         host: str = "127.0.0.1",
         port: int = 0,
         hangup: Hangup = lambda call_id: None,
+        reasoning_deployments: tuple[str, ...] = ("gpt-realtime-2",),
+        live_deployments: tuple[str, ...] = ("gpt-live-1",),
+        live_answerer: Answerer | None = None,
         peers: PeerHost | None = None,
     ) -> None:
         """`peers`: the emulator runs every call (answers, hang-ups, and the conversation sidebands join)."""
@@ -82,13 +87,24 @@ class FakeAzureOpenAI:
         self.peers = peers
         self.hangup = peers.hangup if peers else hangup
         self.calls: dict[str, str] = {}  # call id -> "live" | "ended"
+        self.live_sessions: dict[str, dict] = {}  # GPT-Live session id -> its session
+        self.live_status = 201  # the service documents a JSON answer; 200 and 201 are both seen
         self.deployments = set(deployments)
+        self.reasoning_deployments = set(reasoning_deployments)
+        self.live_deployments = set(live_deployments)
         self.accepted_tokens: set[str] = set()
         self.answerer = peers.answer if peers else answerer
+        self.live_answerer = peers.answer_live if peers else live_answerer or answerer
         self.requests: list[Recorded] = []
         self.connections = 0
         self.secrets: dict[str, dict] = {}
-        self._faults: dict[str, list[Fault]] = {"client_secrets": [], "calls": [], "hangup": [], "sideband": []}
+        self._faults: dict[str, list[Fault]] = {
+            "client_secrets": [],
+            "calls": [],
+            "hangup": [],
+            "sideband": [],
+            "live_sessions": [],
+        }
         self._lock = threading.Lock()
         self._calls = threading.Condition(self._lock)  # notified when a call is created
         self._call_objects: dict[str, FakeCall] = {}
@@ -156,6 +172,8 @@ class FakeAzureOpenAI:
             return self._client_secret(headers, body)
         if endpoint == "hangup":
             return self._hangup(headers, call_id or "")
+        if endpoint == "live_sessions":
+            return self._live_session(headers, body)
         return self._call(headers, body)
 
     @staticmethod
@@ -188,15 +206,7 @@ class FakeAzureOpenAI:
             self.hangup(call.call_id)
 
     def _client_secret(self, headers: dict[str, str], body: bytes) -> tuple[int, dict, bytes]:
-        self._authenticate(headers)
-        if headers.get("content-type", "").split(";")[0].strip() != "application/json":
-            raise ServiceError(400, "invalid_content_type", "Content-Type must be application/json.")
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            raise ServiceError(400, "invalid_json", "We could not parse the JSON body of your request.") from None
-        if not isinstance(payload, dict):
-            raise ServiceError(400, "invalid_type", "The body must be a JSON object.")
+        payload = self._json_request(headers, body)
         only(payload, {"expires_after", "session"}, "")
         ttl = self._expiry(payload.get("expires_after"))
         session = payload.get("session")
@@ -213,6 +223,33 @@ class FakeAzureOpenAI:
             "session": {**session, "id": "sess_" + secrets.token_hex(8)},
         }
         return 200, {"Content-Type": "application/json"}, json.dumps(answer).encode()
+
+    def _json_request(self, headers: dict[str, str], body: bytes) -> dict:
+        self._authenticate(headers)
+        if headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            raise ServiceError(400, "invalid_content_type", "Content-Type must be application/json.")
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            raise ServiceError(400, "invalid_json", "We could not parse the JSON body of your request.") from None
+        if not isinstance(payload, dict):
+            raise ServiceError(400, "invalid_type", "The body must be a JSON object.")
+        return payload
+
+    def _live_session(self, headers: dict[str, str], body: bytes) -> tuple[int, dict, bytes]:
+        """GPT-Live (realtime-api.md §6): the backend posts the session and the offer; JSON with the answer back."""
+        session, offer = check_live_request(self._json_request(headers, body))
+        if session["model"] not in self.live_deployments:
+            raise ServiceError(404, "DeploymentNotFound", "The API deployment for this resource does not exist.")
+        session_id = "sess_" + secrets.token_hex(12)
+        try:
+            answer = self.live_answerer(offer, session, session_id)
+        except ValueError as exc:
+            raise ServiceError(400, "invalid_offer", f"The SDP offer could not be applied: {exc}") from None
+        with self._lock:
+            self.live_sessions[session_id] = session
+        created = {"session": {**session, "id": session_id, "object": "live.session"}, "transport": {"sdp": answer}}
+        return self.live_status, {"Content-Type": "application/json"}, json.dumps(created).encode()
 
     def _authenticate(self, headers: dict[str, str]) -> None:
         key, auth = headers.get("api-key"), headers.get("authorization", "")
@@ -240,8 +277,13 @@ class FakeAzureOpenAI:
 
     def _check_session(self, session: dict) -> None:
         check_session_fields(session)
-        if session.get("model") not in self.deployments:
+        model = session.get("model")
+        if model in self.live_deployments:
+            raise ServiceError(400, "invalid_value", "GPT-Live issues no client secrets; use /live/sessions.", "model")
+        if model not in self.deployments | self.reasoning_deployments:
             raise ServiceError(404, "DeploymentNotFound", "The API deployment for this resource does not exist.")
+        if "reasoning" in session and model not in self.reasoning_deployments:
+            raise ServiceError(400, "unknown_parameter", "Unknown parameter: 'session.reasoning'.", "session.reasoning")
 
     def _call(self, headers: dict[str, str], body: bytes) -> tuple[int, dict, bytes]:
         auth = headers.get("authorization", "")
@@ -310,7 +352,8 @@ def _handler_for(fake: FakeAzureOpenAI) -> type[BaseHTTPRequestHandler]:
             endpoint = parts.path.removeprefix("/openai/v1/realtime/")
             call_id = endpoint.removeprefix("calls/").removesuffix("/hangup") if endpoint.endswith("/hangup") else None
             endpoint = "hangup" if call_id else endpoint
-            if endpoint not in ("client_secrets", "calls", "hangup"):
+            endpoint = "live_sessions" if parts.path == "/openai/v1/live/sessions" else endpoint
+            if endpoint not in ("client_secrets", "calls", "hangup", "live_sessions"):
                 not_found = ServiceError(404, "404", "Resource not found").body()
                 self._send(404, {"Content-Type": "application/json"}, not_found, Fault())
                 return

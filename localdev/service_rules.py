@@ -21,6 +21,8 @@ VOICES = {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse",
 # refused.
 AZURE_SESSION_KEYS = {"type", "model", "instructions", "output_modalities", "audio"}
 OPENAI_SESSION_KEYS = {"tools", "tool_choice", "max_output_tokens", "tracing", "truncation", "prompt", "include"}
+OPENAI_SESSION_KEYS |= {"reasoning"}  # reasoning deployments only (realtime-api.md §5: `realtime_reasoning_param.py`)
+EFFORTS = {"minimal", "low", "medium", "high"}
 SESSION_KEYS = AZURE_SESSION_KEYS | OPENAI_SESSION_KEYS
 AUDIO_INPUT_KEYS = {"transcription", "turn_detection", "noise_reduction"} | {"format"}  # Azure's | OpenAI's
 AUDIO_OUTPUT_KEYS = {"voice"} | {"format", "speed"}  # Azure's | OpenAI's
@@ -76,6 +78,10 @@ def check_session_fields(session: dict) -> None:
     voice = audio.get("output", {}).get("voice")
     if voice is not None and voice not in VOICES:
         raise ServiceError(400, "invalid_value", f"Invalid value: '{voice}'.", "session.audio.output.voice")
+    reasoning = session.get("reasoning", {"effort": "low"})
+    only(reasoning, {"effort"}, "session.reasoning.")
+    if reasoning.get("effort") not in EFFORTS:
+        raise ServiceError(400, "invalid_value", "Invalid reasoning effort.", "session.reasoning.effort")
     turn = audio.get("input", {}).get("turn_detection")
     if turn is not None and (not isinstance(turn, dict) or turn.get("type") not in TURN_DETECTION_DEFAULTS):
         raise ServiceError(

@@ -1,11 +1,12 @@
-"""`POST /connect`: check the caller, read the offer, admit it, mint an ephemeral secret, exchange the offer, record
-the call, answer SDP. One deadline (CONNECT_DEADLINE_SECONDS) bounds all of it, storage included."""
+"""`POST /connect`: check the caller, read the offer, admit it, create the call the way its deployment's kind does
+(realtime_proxy/exchange.py), record the call, answer SDP. One deadline (CONNECT_DEADLINE_SECONDS) bounds all of it,
+storage included."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Mapping
 
 import azure.functions as func
 
@@ -13,10 +14,10 @@ from .admission import Admission
 from .calls import CALL_TOKEN
 from .cors import OriginPolicy
 from .errors import ApiError, error_response
+from .exchange import Exchange
 from .ledger import Ledger
 from .logs import logger
 from .offer import Offer, read_offer
-from .policy import session_config
 from .ratelimit import RateLimiter, client_ip
 from .settings import Settings
 from .supervisor import HandOff, Queue
@@ -25,6 +26,7 @@ from .upstream import Call, Upstream
 
 log = logger(__name__)
 RESERVE_SECONDS = 2.0  # at most this much of the deadline is kept for recording the call
+TIMING_NAMES = {"client_secrets": "secret", "calls": "call", "live_sessions": "session"}  # Server-Timing's names
 
 
 class ConnectHandler:
@@ -37,6 +39,7 @@ class ConnectHandler:
         admission: Admission,
         ledger: Ledger,
         telemetry: Telemetry | NoTelemetry,
+        exchanges: Mapping[str, Exchange],
         hand_off: HandOff,
     ) -> None:
         self.settings = settings
@@ -46,6 +49,7 @@ class ConnectHandler:
         self.admission = admission
         self.ledger = ledger
         self.telemetry = telemetry
+        self.exchanges = exchanges  # by deployment kind
         self.hand_off = hand_off
 
     async def __call__(self, req: func.HttpRequest, queue: Queue | None = None) -> func.HttpResponse:
@@ -62,7 +66,7 @@ class ConnectHandler:
                         "The function app is not configured: " + "; ".join(self.settings.problems) + ".",
                     )
                 self.limiter.check(req)
-                offer = read_offer(req, self.settings.policy, self.settings.limits)
+                offer = read_offer(req, self.settings)
                 record.offer(offer)
                 answer = await self._admitted(req, self.upstream, offer, cors, record, deadline, queue)
                 return record.done(answer, "ok")
@@ -97,14 +101,14 @@ class ConnectHandler:
                 {"Retry-After": "5"},
             ) from None
         try:
-            response, call, config = await self._exchange(upstream, offer, cors, record, upstream_by)
+            response, call = await self._exchange(upstream, offer, cors, record, upstream_by)
         except BaseException:
             release = asyncio.ensure_future(self.ledger.release(ticket))  # finishes behind the answer if it must
             await asyncio.wait({release}, timeout=max(0.0, deadline - loop.time()))
             raise
-        self.hand_off.prepare(ticket, config)
-        await self.ledger.confirm(ticket, call.call_id, deadline)
-        self.hand_off.send(ticket, call.call_id, queue)
+        self.hand_off.prepare(ticket, call)
+        await self.ledger.confirm(ticket, call.call_id, deadline, call.kind)
+        self.hand_off.send(ticket, call, queue)
         response.headers[CALL_TOKEN] = ticket.token
         return response
 
@@ -115,24 +119,23 @@ class ConnectHandler:
         cors: dict[str, str],
         record: Record,
         deadline: float,
-    ) -> tuple[func.HttpResponse, Call, dict[str, Any]]:
+    ) -> tuple[func.HttpResponse, Call]:
         """Everything upstream, token included, runs under the deadline: whatever the resource or the identity
         endpoint does (stall, drip one byte at a time), the caller has an answer by then."""
-        stage = "credential"
-        started = time.perf_counter()
+        stages: list[tuple[str, float]] = []
+
+        def begin(name: str) -> None:
+            stages.append((name, time.perf_counter()))
+            record.stage(name)
+
         try:
             async with asyncio.timeout_at(deadline):
-                record.stage("credential")
+                begin("credential")
                 auth = await upstream.credentials.headers()
-                stage, authorised = "client_secrets", time.perf_counter()
-                record.stage(stage)
-                config = session_config(self.settings.policy, self.settings.deployment, offer)
-                secret = await upstream.mint_secret(config, auth, deadline)
-                stage, minted = "calls", time.perf_counter()
-                record.stage(stage)
-                call = await upstream.create_call(offer.sdp, secret)
+                call = await self.exchanges[offer.model.kind](offer, auth, deadline, begin)
                 record.call(call)
         except TimeoutError:
+            stage = stages[-1][0]
             log.warning("connect deadline passed during %s", stage)
             if stage == "credential":
                 raise ApiError(
@@ -140,14 +143,13 @@ class ConnectHandler:
                 ) from None
             raise ApiError(504, "upstream_timeout", "Azure OpenAI did not answer in time.") from None
         done = time.perf_counter()
-        log.info("connect ok: call %s in %.0f ms", call.call_id, (done - started) * 1000)
-        headers = {
-            **cors,
-            "Content-Type": "application/sdp",
-            "Cache-Control": "no-store",
-            "Server-Timing": f"credential;dur={(authorised - started) * 1000:.1f}, "
-            f"secret;dur={(minted - authorised) * 1000:.1f}, call;dur={(done - minted) * 1000:.1f}",
-        }
+        log.info("connect ok: call %s (%s) in %.0f ms", call.call_id, offer.model.kind, (done - stages[0][1]) * 1000)
+        ends = [at for _, at in stages[1:]] + [done]
+        timing = ", ".join(
+            f"{TIMING_NAMES.get(name, name)};dur={(end - at) * 1000:.1f}"
+            for (name, at), end in zip(stages, ends, strict=True)
+        )
+        headers = {**cors, "Content-Type": "application/sdp", "Cache-Control": "no-store", "Server-Timing": timing}
         if call.location:
             headers["Location"] = call.location
-        return func.HttpResponse(call.answer_sdp, status_code=201, headers=headers), call, config
+        return func.HttpResponse(call.answer_sdp, status_code=201, headers=headers), call

@@ -1,10 +1,10 @@
 """The ledger of calls, and ending calls from the server: the caller's End, the session length, the kill switch.
 
 Rows (one partition, realtime_proxy/tables.py):
-- `call-{id}`: one per admitted connect: status, call id, client, origin, voice, start, planned end, the hash
-  of the caller's capability, the session slots it holds. Status goes `starting` (admitted, nothing upstream
-  yet) → `live` (the call exists) → `ending` (one ender has claimed it) → `ended`; or `starting` → `failed`
-  (the connect failed) or `cancelled` (the operator paused while it was in flight).
+- `call-{id}`: one per admitted connect: status, call id, its kind (how it is ended), client, origin, voice,
+  start, planned end, the hash of the caller's capability, the session slots it holds. Status goes `starting`
+  (admitted, nothing upstream yet) → `live` (the call exists) → `ending` (one ender has claimed it) → `ended`; or
+  `starting` → `failed` (the connect failed) or `cancelled` (the operator paused while it was in flight).
   While a supervisor (realtime_proxy/supervisor.py) holds the call, the row also carries its lease
   (`supervisor`, `supervisedAt`), the session the server decided (`session0`, `session1`, …: JSON in chunks
   that fit Table Storage's property size) and what the call consumed (`usage`, `strikes`).
@@ -41,7 +41,7 @@ from .logs import logger
 from .tables import Conflict, Op, Row, Table, Unavailable
 
 log = logger(__name__)
-Hangup = Callable[[str], Awaitable[None]]
+Hangup = Callable[[str, str], Awaitable[None]]  # (call id, deployment kind): ends the call upstream
 PAUSE_CACHE_SECONDS = 2.0  # how stale an instance's view of the kill switch may be
 SERVICE_LIMIT_SECONDS = 3600  # the service ends sessions at 60 minutes; a session counts as live until then
 KEEP_ENDED_SECONDS = 86400
@@ -112,10 +112,11 @@ class Ledger:
     def opening(self, ticket: Ticket) -> Op:
         return Op("create", ticket.key, self._props(ticket, "starting", None))
 
-    async def confirm(self, ticket: Ticket, call_id: str | None, deadline: float) -> None:
-        """The call exists: the row gets its id, so the server can end it later. If the operator cancelled the
+    async def confirm(self, ticket: Ticket, call_id: str | None, deadline: float, kind: str = "realtime") -> None:
+        """The call exists: the row gets its id and kind, so the server can end it later. If the operator cancelled the
         row meanwhile, or the row cannot be written before the deadline, the new call is hung up at once (a
         call nobody can end must not run) and the caller gets a 503."""
+        ticket.who["kind"] = kind
         live = Op("replace", ticket.key, self._props(ticket, "live", call_id), ticket.ledger_etag)
         loop = asyncio.get_running_loop()
         record_by = deadline - min(2.0, (deadline - loop.time()) / 2)  # the rest is for hanging up
@@ -162,7 +163,7 @@ class Ledger:
             return
         try:
             async with asyncio.timeout_at(deadline):
-                await self.hangup(call_id)
+                await self.hangup(call_id, _kind(ticket.who))
             return
         except (ApiError, TimeoutError):
             log.error("call %s: could not hang it up yet; this instance retries until it ends", call_id)
@@ -257,7 +258,7 @@ class Ledger:
         call_id = str(row.props.get("call") or "")
         try:
             if call_id:
-                await self.hangup(call_id)
+                await self.hangup(call_id, _kind(row.props))
         except ApiError as error:
             log.warning("hang-up of %s failed (%s); it is retried", call_id, error.code)
             raise
@@ -521,6 +522,11 @@ async def _quietly(read: Awaitable[Row | None]) -> Row | None:
 
 def _number(value: object) -> float:
     return float(value) if isinstance(value, (int, float, str)) and value != "" else 0.0
+
+
+def _kind(props: dict[str, object]) -> str:
+    """A row written before calls had kinds is a realtime call."""
+    return str(props.get("kind") or "realtime")
 
 
 def _digest(secret: str) -> str:

@@ -1,7 +1,7 @@
 """Reads a `/connect` request in any of its three forms and refuses bad input before anything goes upstream.
 
 Forms: `multipart/form-data` (the original contract), a JSON object, or a raw `application/sdp` body with
-`voice`/`instructions` in the query string (what OpenAI-style clients send).
+`voice`/`instructions`/`model`/`reasoning` in the query string (what OpenAI-style clients send).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import azure.functions as func
 
 from .errors import ApiError
 from .multipart import form_parts
-from .settings import Limits, SessionPolicy
+from .settings import REASONING_EFFORTS, Deployment, Settings
 
-FIELDS = ("sdp", "voice", "instructions")
+FIELDS = ("sdp", "voice", "instructions", "model", "reasoning")
+CHOICES = FIELDS[1:]  # what a raw SDP body carries in its query string
 # RFC 2046 boundary: 1-70 characters from this set, not ending in a space.
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
 # An offer as browsers write it: printable ASCII lines, `v=0` first, an audio section. Anything else (a NUL, an
@@ -34,9 +35,12 @@ class Offer:
     sdp: str
     voice: str
     instructions: str
+    model: Deployment
+    reasoning: str | None  # an effort, only for a `reasoning` deployment
 
 
-def read_offer(req: func.HttpRequest, policy: SessionPolicy, limits: Limits) -> Offer:
+def read_offer(req: func.HttpRequest, settings: Settings) -> Offer:
+    limits = settings.limits
     if sum(len(name) + len(value) + 4 for name, value in req.headers.items()) > limits.max_header_bytes:
         raise ApiError(
             431, "headers_too_large", f"The request headers are larger than {limits.max_header_bytes} bytes."
@@ -52,17 +56,38 @@ def read_offer(req: func.HttpRequest, policy: SessionPolicy, limits: Limits) -> 
     elif content_type == "application/json":
         fields = _json_fields(body)
     elif content_type == "application/sdp":
-        fields = {"sdp": _text(body), **{name: req.params.get(name, "") for name in ("voice", "instructions")}}
+        fields = {"sdp": _text(body), **{name: req.params.get(name, "") for name in CHOICES}}
     else:
         raise ApiError(
             415,
             "unsupported_media_type",
-            "Send multipart/form-data (sdp, voice, instructions), application/json, or application/sdp.",
+            "Send multipart/form-data (sdp, voice, instructions, model, reasoning), application/json, or "
+            "application/sdp.",
         )
-    return _validated(fields, policy, limits)
+    return _validated(fields, settings)
 
 
-def _validated(fields: dict[str, str], policy: SessionPolicy, limits: Limits) -> Offer:
+def _model(fields: dict[str, str], settings: Settings) -> tuple[Deployment, str | None]:
+    """The deployment the caller chose, from those the owner offers, and its reasoning effort if it takes one."""
+    name = fields.get("model") or settings.default_model
+    model = settings.model(name)
+    offered = ", ".join(d.name for d in settings.deployments)
+    if model is None:
+        raise ApiError(400, "model_not_allowed", f"Model '{name[:64]}' is not offered here; choose one of: {offered}.")
+    effort = fields.get("reasoning") or None
+    if effort is not None and model.efforts is None:
+        raise ApiError(400, "model_not_allowed", f"Model '{model.name}' takes no reasoning effort.")
+    if effort is not None and effort not in REASONING_EFFORTS:
+        raise ApiError(
+            400,
+            "model_not_allowed",
+            f"Reasoning effort '{effort[:20]}' is not one of: {', '.join(REASONING_EFFORTS)}.",
+        )
+    return model, effort
+
+
+def _validated(fields: dict[str, str], settings: Settings) -> Offer:
+    policy, limits = settings.policy, settings.limits
     for name, value in fields.items():
         if not value.isascii() and not _encodable(value):
             raise ApiError(400, "bad_request", f"The '{name}' field is not valid Unicode text (a lone surrogate?).")
@@ -98,7 +123,8 @@ def _validated(fields: dict[str, str], policy: SessionPolicy, limits: Limits) ->
             "instructions_too_long",
             f"Instructions are limited to {policy.max_instructions_chars} characters; got {len(instructions)}.",
         )
-    return Offer(sdp=sdp, voice=voice, instructions=instructions)
+    model, reasoning = _model(fields, settings)
+    return Offer(sdp=sdp, voice=voice, instructions=instructions, model=model, reasoning=reasoning)
 
 
 def _multipart_fields(body: bytes, header: Message) -> dict[str, str]:
@@ -120,7 +146,7 @@ def _json_fields(body: bytes) -> dict[str, str]:
     except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
         raise ApiError(400, "bad_request", "The JSON body could not be parsed.") from None
     if not isinstance(data, dict):
-        raise ApiError(400, "bad_request", "The JSON body must be an object with 'sdp', 'voice' and 'instructions'.")
+        raise ApiError(400, "bad_request", "The JSON body must be an object with 'sdp' and optional choices.")
     for name in FIELDS:
         if data.get(name) is not None and not isinstance(data[name], str):
             raise ApiError(400, "bad_request", f"The JSON field '{name}' must be a string.")

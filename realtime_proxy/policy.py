@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .offer import Offer
-from .settings import SessionPolicy
+from .settings import SessionPolicy, Settings
 
 
 def effective_instructions(policy: SessionPolicy, caller: str) -> str:
@@ -22,18 +22,43 @@ def effective_instructions(policy: SessionPolicy, caller: str) -> str:
     return f"{policy.instructions}\n\n{caller}"
 
 
-def session_config(policy: SessionPolicy, deployment: str, offer: Offer) -> dict[str, Any]:
+def session_config(policy: SessionPolicy, offer: Offer) -> dict[str, Any]:
+    """The session minted for a realtime (or reasoning) deployment; `reasoning` only when the caller chose an
+    effort, since other models reject the field (realtime-api.md §5)."""
     turn_detection = None if policy.turn_detection == "none" else {"type": policy.turn_detection}
     audio_input: dict[str, Any] = {"turn_detection": turn_detection}
     if policy.transcription_model:
         audio_input["transcription"] = {"model": policy.transcription_model}
-    return {
+    config: dict[str, Any] = {
         "type": "realtime",
-        "model": deployment,
+        "model": offer.model.name,
         "instructions": effective_instructions(policy, offer.instructions),
         "tools": [],
         "audio": {"input": audio_input, "output": {"voice": offer.voice}},
     }
+    if offer.reasoning:
+        config["reasoning"] = {"effort": offer.reasoning}
+    return config
+
+
+def live_session_config(policy: SessionPolicy, offer: Offer) -> dict[str, Any]:
+    """The session of a GPT-Live deployment, exactly the fields its strict `session` takes (realtime-api.md §6).
+    Model, instructions and voice are immutable once it starts, so the server's policy holds for its whole life."""
+    return {
+        "model": offer.model.name,
+        "instructions": effective_instructions(policy, offer.instructions),
+        "audio": {"output": {"voice": offer.voice}},
+        "delegation": {"type": "client"},
+    }
+
+
+def public_models(settings: Settings) -> dict[str, Any]:
+    """The deployments a caller may pick (/config `models`, `defaultModel`) with the efforts each takes."""
+    models = [
+        {"name": d.name, "kind": d.kind, "reasoning": list(d.efforts) if d.efforts else None}
+        for d in settings.deployments
+    ]
+    return {"models": models, "defaultModel": settings.default_model}
 
 
 def public_config(policy: SessionPolicy, emulator: bool) -> dict[str, Any]:

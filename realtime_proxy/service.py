@@ -25,9 +25,11 @@ from .connect import ConnectHandler
 from .cors import OriginPolicy
 from .credentials import ApiKeyCredentials, Credentials, EntraCredentials, Identity
 from .errors import ApiError, error_response, json_response
+from .exchange import Exchange, RealtimeCalls
 from .ledger import Ledger
+from .live import LiveSessions
 from .logs import REQUEST_ID, logger, new_request_id, remember_secret
-from .policy import public_config
+from .policy import public_config, public_models
 from .ratelimit import RateLimiter
 from .reports import CallReport
 from .settings import Settings, SharedLimits, load_settings
@@ -93,6 +95,8 @@ class RealtimeProxy:
         self.table = _table(settings.shared, self.identity)
         self.upstream: Upstream | None = None
         self.supervisor: Supervisor | None = None
+        self.exchanges: dict[str, Exchange] = {}  # by deployment kind
+        self.live: LiveSessions | None = None
         if settings.configured:
             credentials: Credentials = (
                 ApiKeyCredentials(settings.api_key)
@@ -101,6 +105,10 @@ class RealtimeProxy:
             )
             credentials.warm()
             self.upstream = Upstream(settings, credentials, on_answer=telemetry.upstream_answered)
+            realtime = RealtimeCalls(self.upstream, settings.policy)
+            # GPT-Live: whoever attaches to live sessions (the supervisor) sets `self.live.closer` to end them.
+            self.live = LiveSessions(self.upstream, settings.policy)
+            self.exchanges = {"realtime": realtime, "reasoning": realtime, "live": self.live}
         local = MemoryTable()
         self.origins = OriginPolicy(settings.allowed_origins)
         self.limiter = RateLimiter(settings.limits.rate_limit_per_minute, settings.limits.rate_limit_burst)
@@ -126,6 +134,7 @@ class RealtimeProxy:
             self.admission,
             self.ledger,
             telemetry,
+            self.exchanges,
             HandOff(self.supervisor is not None),
         )
         self.calls = CallControl(self.ledger, self.origins, settings.configured)
@@ -147,12 +156,13 @@ class RealtimeProxy:
             else "per instance (no AzureWebJobsStorage): each instance enforces its own",
         )
 
-    async def _hangup(self, call_id: str) -> None:
-        if self.upstream is None:
+    async def _hangup(self, call_id: str, kind: str) -> None:
+        exchange = self.exchanges.get(kind)
+        if exchange is None:
             raise ApiError(
                 503, "not_configured", "The function app is not configured; see /connect for what is missing."
             )
-        await self.upstream.hangup(call_id)
+        await exchange.end(call_id)
 
     async def supervise(self, message: bytes) -> None:
         """The queue trigger: stays in one call until it ends (realtime_proxy/supervisor.py)."""
@@ -187,6 +197,7 @@ class RealtimeProxy:
         config = public_config(self.settings.policy, self.settings.emulator)
         config["session"] = {"maxSeconds": self.settings.shared.max_session_seconds or None}
         config["limits"] = "shared" if self.table.shared else "instance"
+        config.update(public_models(self.settings))
         return json_response(config, headers=cors)
 
     async def _static(self, req: func.HttpRequest) -> func.HttpResponse:

@@ -17,9 +17,25 @@ from urllib.parse import urlsplit
 VOICES: tuple[str, ...] = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
 INSTRUCTION_MODES: tuple[str, ...] = ("append", "replace", "ignore")
 TURN_DETECTION_TYPES: tuple[str, ...] = ("server_vad", "semantic_vad", "none")
+MODEL_KINDS: tuple[str, ...] = ("realtime", "reasoning", "live")
+REASONING_EFFORTS: tuple[str, ...] = ("minimal", "low", "medium", "high")
 DEFAULT_INSTRUCTIONS = "You are a helpful, friendly voice assistant. Keep answers short and conversational."
 _NOT_A_TOKEN = re.compile(r"[\s\x00-\x1f\x7f]")
 _PLACEHOLDER = re.compile(r"<[^<>]*>")
+_DEPLOYMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # what Azure accepts as a deployment name
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A deployment the owner offers (REALTIME_DEPLOYMENTS): `realtime`, `reasoning` (takes
+    `session.reasoning.effort`) or `live` (GPT-Live, whose sessions only the server creates)."""
+
+    name: str
+    kind: str = "realtime"
+
+    @property
+    def efforts(self) -> tuple[str, ...] | None:
+        return REASONING_EFFORTS if self.kind == "reasoning" else None
 
 
 @dataclass(frozen=True)
@@ -80,6 +96,8 @@ class Supervision:
 class Settings:
     resource_url: str | None = None
     deployment: str = "gpt-realtime"
+    deployments: tuple[Deployment, ...] = (Deployment("gpt-realtime"),)
+    default_model: str = "gpt-realtime"
     api_key: str | None = field(default=None, repr=False)
     managed_identity_client_id: str | None = None
     webrtc_filter: bool = False
@@ -96,8 +114,11 @@ class Settings:
     def configured(self) -> bool:
         return not self.problems
 
-    def endpoint(self, name: str) -> str:
-        return f"{self.resource_url}/openai/v1/realtime/{name}"
+    def endpoint(self, name: str, api: str = "realtime") -> str:
+        return f"{self.resource_url}/openai/v1/{api}/{name}"
+
+    def model(self, name: str) -> Deployment | None:
+        return next((d for d in self.deployments if d.name == name), None)
 
 
 def normalize_base_url(raw: str) -> str:
@@ -205,9 +226,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         except ValueError as exc:
             read.problems.append(f"AZURE_OPENAI_BASE_URL {exc}")
     shared = _read_shared(read)
+    deployment = read.token("AZURE_OPENAI_DEPLOYMENT", "gpt-realtime") or "gpt-realtime"
+    deployments = _read_deployments(read, deployment)
+    names = [d.name for d in deployments]
     return Settings(
         resource_url=resource_url,
-        deployment=read.token("AZURE_OPENAI_DEPLOYMENT", "gpt-realtime") or "gpt-realtime",
+        deployment=deployment,
+        deployments=deployments,
+        default_model=deployment if deployment in names else names[0],
         api_key=read.token("AZURE_OPENAI_API_KEY"),
         managed_identity_client_id=read.token("AZURE_CLIENT_ID"),
         webrtc_filter=read.flag("REALTIME_WEBRTC_FILTER"),
@@ -220,6 +246,27 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         supervision=_read_supervision(read, bool(shared.storage or shared.storage_endpoint)),
         problems=tuple(read.problems),
     )
+
+
+def _read_deployments(read: _Reader, deployment: str) -> tuple[Deployment, ...]:
+    """REALTIME_DEPLOYMENTS: `name` or `name:kind`, comma-separated; unset, AZURE_OPENAI_DEPLOYMENT alone. A bad
+    entry is named by its position, never quoted (a pasted key is one line of letters and digits too)."""
+    offered: list[Deployment] = []
+    for number, item in enumerate(read.items("REALTIME_DEPLOYMENTS"), 1):
+        name, colon, kind = item.partition(":")
+        kind = kind.lower() if colon else "realtime"
+        if not _DEPLOYMENT_NAME.fullmatch(name):
+            read.problems.append(
+                f"REALTIME_DEPLOYMENTS entry {number} is not a deployment name (1-64 letters, digits, '.', '_', '-')"
+            )
+        elif kind not in MODEL_KINDS:
+            kinds = ", ".join(MODEL_KINDS)
+            read.problems.append(f"REALTIME_DEPLOYMENTS entry {number} must have no kind or one of: {kinds}")
+        elif any(d.name == name for d in offered):
+            read.problems.append(f"REALTIME_DEPLOYMENTS entry {number} repeats an earlier deployment")
+        else:
+            offered.append(Deployment(name, kind))
+    return tuple(offered) or (Deployment(deployment),)
 
 
 def _read_policy(read: _Reader) -> SessionPolicy:

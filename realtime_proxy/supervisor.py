@@ -31,13 +31,14 @@ from .logs import REQUEST_ID, logger
 from .settings import Supervision
 from .sideband import Line, Refused, Sideband
 from .tables import Row, Unavailable
-from .upstream import CALL_ID
+from .upstream import CALL_ID, Call
 from .usage import Usage
 
 log = logger(__name__)
 HEARTBEAT_SECONDS = 30.0  # lease renewal and usage flush; the lease lasts ledger.LEASE_SECONDS
 REATTACH_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)  # seconds between attempts after a refused or dropped sideband
 MAX_MESSAGE_BYTES = 1024
+SUPERVISED_KINDS = ("realtime", "reasoning")
 STOP_SECONDS = 2.0  # at shutdown, how long a supervision has to leave its call before it is cancelled
 NORMAL_CLOSE = 1000  # the service closes the sideband this way when the call ends
 _LEDGER_ID = re.compile(r"[0-9a-f]{16}")
@@ -93,18 +94,19 @@ class Assignment:
 class HandOff:
     """What `/connect` does for supervision: the decided session goes into the call's row (the supervisor holds
     the call to it) and the call into the queue. Calls kept in one process's table during a storage outage
-    are that process's to end; no supervisor could read them."""
+    are that process's to end; no supervisor could read them. GPT-Live sessions attach elsewhere
+    (`…/live/sessions/{id}/attach`) and are not supervised yet (docs/models.md)."""
 
     def __init__(self, supervised: bool) -> None:
         self.supervised = supervised
 
-    def prepare(self, ticket: Ticket, session: dict[str, Any]) -> None:
-        if self.supervised and ticket.table.shared:
-            ticket.session = session
+    def prepare(self, ticket: Ticket, call: Call) -> None:
+        if self.supervised and ticket.table.shared and call.kind in SUPERVISED_KINDS and call.session:
+            ticket.session = call.session
 
-    def send(self, ticket: Ticket, call_id: str | None, queue: Queue | None) -> None:
-        if self.supervised and ticket.session and call_id and queue is not None:
-            queue.set(Assignment(ticket.id, call_id, REQUEST_ID.get()).dumps())
+    def send(self, ticket: Ticket, call: Call, queue: Queue | None) -> None:
+        if ticket.session and call.call_id and queue is not None:
+            queue.set(Assignment(ticket.id, call.call_id, REQUEST_ID.get()).dumps())
 
 
 class Supervisor:

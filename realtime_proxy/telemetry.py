@@ -219,6 +219,7 @@ class _SpanRecord:
 
     def offer(self, offer: Offer) -> None:
         self._span.set_attribute(VOICE, offer.voice)  # the voice only: never the SDP or the instructions
+        self._span.set_attribute(DEPLOYMENT, offer.model.name)  # the caller's pick, once it is known to be offered
 
     def stage(self, name: str) -> None:
         from opentelemetry import context, trace

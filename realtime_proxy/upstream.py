@@ -1,10 +1,11 @@
-"""The two calls to Azure OpenAI (mint a client secret, exchange the SDP offer) and what their failures mean.
+"""Requests to Azure OpenAI (mint a client secret, exchange the SDP offer, hang up) and what their failures mean.
 
 One pooled aiohttp session per event loop keeps warm connections to the resource. Nothing the resource
 answers is trusted further than it must be: redirects are refused (a credential or an offer goes nowhere
 but the configured resource), no cookies are kept, bodies are read up to a bound, and every failure
 becomes an ApiError whose message carries the upstream's reason with every secret in play scrubbed out.
-The caller bounds each call by the connect deadline.
+The caller bounds each call by the connect deadline. `post` and `failure` are the shared pieces other ways of
+creating a call (GPT-Live, realtime_proxy/live.py) use too.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import re
 import ssl
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -41,10 +42,14 @@ CALL_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 class Call:
     answer_sdp: str
     call_id: str | None
+    kind: str = "realtime"  # the deployment's kind: how the call is ended later (the ledger keeps it)
+    session: dict[str, Any] = field(default_factory=dict, compare=False)  # what the server decided for it
 
     @property
     def location(self) -> str | None:
-        return f"/v1/realtime/calls/{self.call_id}" if self.call_id else None
+        if not self.call_id:
+            return None
+        return f"/v1/live/sessions/{self.call_id}" if self.kind == "live" else f"/v1/realtime/calls/{self.call_id}"
 
 
 @dataclass(frozen=True)
@@ -120,7 +125,7 @@ class Upstream:
         }
         for attempt in (1, 2):
             try:
-                answer = await self._post("client_secrets", json=body, headers=auth)
+                answer = await self.post("client_secrets", json=body, headers=auth)
             except ApiError as error:
                 if attempt == 1 and error.code == "upstream_unreachable" and await self._backoff(deadline):
                     continue
@@ -130,7 +135,7 @@ class Upstream:
                 continue
             break
         if answer.status != 200:
-            raise self._failure(answer, "client_secrets", tuple(auth.values()))
+            raise self.failure(answer, "client_secrets", tuple(auth.values()), session_config.get("model"))
         payload = answer.json()
         value = payload.get("value") if isinstance(payload, dict) else None
         if not isinstance(value, str) or not value:
@@ -143,14 +148,14 @@ class Upstream:
 
     async def create_call(self, offer_sdp: str, ephemeral_key: str) -> Call:
         """POST /realtime/calls with the offer byte for byte; never retried, the offer may have been consumed."""
-        answer = await self._post(
+        answer = await self.post(
             "calls",
             data=offer_sdp.encode("utf-8"),
             headers={"Authorization": f"Bearer {ephemeral_key}", "Content-Type": "application/sdp"},
             params={"webrtcfilter": "on"} if self.settings.webrtc_filter else None,
         )
         if not 200 <= answer.status < 300:
-            raise self._failure(answer, "calls", (ephemeral_key,))
+            raise self.failure(answer, "calls", (ephemeral_key,))
         try:
             sdp = answer.body.decode("utf-8")
         except UnicodeDecodeError:
@@ -165,11 +170,11 @@ class Upstream:
         try:
             async with asyncio.timeout(self.settings.limits.deadline_seconds):
                 auth = await self.credentials.headers()
-                answer = await self._post(f"calls/{call_id}/hangup", headers=auth)
+                answer = await self.post(f"calls/{call_id}/hangup", headers=auth)
         except TimeoutError:
             raise ApiError(504, "upstream_timeout", "Azure OpenAI did not answer the hang-up in time.") from None
         if answer.status != 404 and not 200 <= answer.status < 300:
-            raise self._failure(answer, "hangup", tuple(auth.values()))
+            raise self.failure(answer, "hangup", tuple(auth.values()))
 
     async def _backoff(self, deadline: float) -> bool:
         """Waits before the one retry; False when the deadline leaves no room for it."""
@@ -179,10 +184,11 @@ class Upstream:
         await asyncio.sleep(_RETRY_BACKOFF_SECONDS)
         return True
 
-    async def _post(self, name: str, **kwargs: object) -> Answer:
+    async def post(self, name: str, api: str = "realtime", **kwargs: object) -> Answer:
+        """POST `{resource}/openai/v1/{api}/{name}`: no redirects, the body bounded, transport failures as ApiError."""
         try:
             async with self._http().post(
-                self.settings.endpoint(name),
+                self.settings.endpoint(name, api),
                 allow_redirects=False,
                 proxy=self.proxy,
                 **kwargs,  # type: ignore[arg-type]
@@ -202,7 +208,8 @@ class Upstream:
         self.on_answer(answer)
         return answer
 
-    def _failure(self, answer: Answer, stage: str, secrets: tuple[str, ...]) -> ApiError:
+    def failure(self, answer: Answer, stage: str, secrets: tuple[str, ...], model: object = None) -> ApiError:
+        """An answer that is not a success, as the caller's error; `model` names the deployment a 404 means."""
         status = answer.status
         if 300 <= status < 400:
             where = redact(_without_query(answer.headers.get("Location", "")), secrets)
@@ -212,7 +219,7 @@ class Upstream:
                 "upstream_error",
                 f"Azure OpenAI answered {status}, a redirect to {where or 'nowhere'}; redirects are not followed.",
             )
-        reason = _shorten(redact(_upstream_reason(answer), secrets))
+        reason = said(answer, secrets)
         log.warning("%s: Azure OpenAI answered %s: %s", stage, status, reason)
         detail = f" Azure OpenAI said: {reason}" if reason else ""
         if status in (401, 403):
@@ -226,8 +233,8 @@ class Upstream:
             return ApiError(
                 502,
                 "deployment_not_found",
-                f"Azure OpenAI has no realtime deployment named '{self.settings.deployment}' at this resource; "
-                f"check AZURE_OPENAI_DEPLOYMENT and AZURE_OPENAI_BASE_URL.{detail}",
+                f"Azure OpenAI has no deployment named '{model or self.settings.deployment}' at this resource; "
+                f"check AZURE_OPENAI_DEPLOYMENT, REALTIME_DEPLOYMENTS and AZURE_OPENAI_BASE_URL.{detail}",
             )
         if status == 429:
             retry_after = _retry_after(answer.headers)
@@ -267,6 +274,11 @@ def _call_id(location: str | None) -> str | None:
         return call_id
     log.warning("calls: Azure OpenAI answered with a Location that holds no call id: %r", _shorten(location))
     return None
+
+
+def said(answer: Answer, secrets: tuple[str, ...]) -> str:
+    """The upstream's own reason, fit to log and to quote to the caller: secrets scrubbed, then shortened."""
+    return _shorten(redact(_upstream_reason(answer), secrets))
 
 
 def _upstream_reason(answer: Answer) -> str:

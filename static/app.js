@@ -5,6 +5,7 @@ import { Conversation } from "./conversation.js";
 import { listMicrophones, watchMicrophones } from "./devices.js";
 import { renderTranscript, showError, showStatus } from "./realtime-view.js";
 import { primeAudio, watchLevel } from "./audio-level.js";
+import { chosenModel, modelHint, showEfforts, showModels } from "./models.js";
 
 const LOG_LIMIT = 500;
 const SPEAKING_LEVEL = 0.02; // remote loudness above which the assistant counts as audibly speaking
@@ -23,12 +24,13 @@ const ui = Object.fromEntries([
   "assistant-speaking", "emulator-notice", "remote-audio", "compose", "instructions-field", "instructions-locked",
   "instructions-count", "call-notice", "call-notice-text", "continue", "cancel-reconnect", "microphone",
   "microphone-notice", "turns-field", "talk", "talk-hint", "enable-audio", "time-left", "download-markdown",
-  "download-json", "copy", "keep-status",
+  "download-json", "copy", "keep-status", "model", "model-field", "model-hint", "reasoning", "reasoning-field",
 ].map((id) => [id.replace(/-(\w)/g, (_, c) => c.toUpperCase()), document.getElementById(id)]));
 
 const state = {
   session: null, status: "idle", assistantLevel: 0, instructionsEditable: true,
   config: {}, live: [], // functions that undo what adopt() set up for the live session
+  models: [], // /config's models
 };
 const conversation = new Conversation(openSession);
 const { transcript } = conversation;
@@ -72,6 +74,7 @@ ui.errorDismiss.addEventListener("click", () => {
 ui.enableAudio.addEventListener("click", () => {
   state.session?.resumeAudio().then(() => { ui.enableAudio.hidden = true; }, (error) => showError(ui.error, error));
 });
+ui.model.addEventListener("change", () => showModelChoice());
 ui.microphone.addEventListener("change", () => {
   localStorage.setItem(MICROPHONE_KEY, ui.microphone.value);
   if (state.session) switchMicrophone(ui.microphone.value);
@@ -96,18 +99,30 @@ async function loadConfig() {
     if (maxLength) ui.instructions.maxLength = maxLength;
     ui.emulatorNotice.hidden = !config.emulator;
     ui.turnsField.hidden = !config.turnDetection?.choosable;
+    state.models = showModels(ui.model, ui.modelField, config);
   } catch (error) {
     showError(ui.error, error);
   }
   // Without a voice list the server picks its default voice.
   if (!ui.voice.options.length || !ui.voice.value) ui.voice.replaceChildren(new Option("Server default", ""));
   countInstructions();
+  showModelChoice();
   await showMicrophones(await listMicrophones());
   setPhase("idle");
 }
 
-/** Push-to-talk when the server turns detection off for everyone, or lets the user choose it. */
+/** The chosen model's efforts and what its kind means here; GPT-Live has no turns to take (it is full duplex). */
+function showModelChoice() {
+  const model = chosenModel(ui.model, state.models);
+  showEfforts(ui.reasoning, ui.reasoningField, model);
+  ui.modelHint.textContent = modelHint(model);
+  ui.turnsField.hidden = !state.config.turnDetection?.choosable || model?.kind === "live";
+  if (conversation.phase === "idle") setPhase("idle");
+}
+
+/** Push-to-talk when the server turns detection off for everyone, or lets the user choose it (never for GPT-Live). */
 function pushToTalk() {
+  if (chosenModel(ui.model, state.models)?.kind === "live") return false;
   if (state.config.turnDetection?.type === "none") return true;
   return Boolean(state.config.turnDetection?.choosable) && document.querySelector("input[name=turns]:checked")?.value === "manual";
 }
@@ -118,6 +133,8 @@ function openSession({ signal, context, muted }) {
     endpoint: ENDPOINT,
     voice: ui.voice.value,
     instructions: state.instructionsEditable ? ui.instructions.value : "",
+    model: ui.model.value || undefined,
+    reasoning: ui.reasoningField.hidden ? undefined : ui.reasoning.value || undefined,
     audioElement: ui.remoteAudio,
     microphone: ui.microphone.value || true,
     muted,
@@ -247,9 +264,11 @@ function setPhase(phase) {
   ui.start.disabled = ui.continue.disabled = !idle;
   ui.stop.disabled = idle || phase === "ending";
   ui.stop.textContent = phase === "connecting" || phase === "reconnecting" ? "Cancel" : "End conversation";
-  ui.voice.disabled = ui.preset.disabled = ui.instructions.disabled = !idle;
+  ui.voice.disabled = ui.preset.disabled = ui.instructions.disabled = ui.model.disabled = ui.reasoning.disabled = !idle;
   for (const radio of document.querySelectorAll("input[name=turns]")) radio.disabled = !idle;
   ui.interrupt.disabled = ui.message.disabled = ui.send.disabled = !live;
+  // GPT-Live is full duplex: nothing to interrupt (the model hint says so).
+  ui.interrupt.hidden = live ? conversation.session.live : chosenModel(ui.model, state.models)?.kind === "live";
   const manual = live ? conversation.session.manualTurns : pushToTalk();
   ui.talk.hidden = ui.talkHint.hidden = !manual;
   ui.talk.disabled = !live;

@@ -1,4 +1,6 @@
-// Browser side of a speech-in/speech-out session with Azure OpenAI gpt-realtime, brokered by this app's /connect.
+// Browser side of a speech-in/speech-out session with Azure OpenAI gpt-realtime (or GPT-Live), brokered by this app's
+// /connect. A GPT-Live session (its Location is /v1/live/sessions/…) is full duplex: no response lifecycle, timed
+// transcript fragments assembled into turns here, typed messages and replayed context as appended instructions.
 // No DOM beyond an optional <audio> element, so other web apps can import this file as it is. A small core:
 // microphones (devices.js), reconnection (reconnect.js) and transcripts (transcript.js) are modules of their own.
 
@@ -13,6 +15,16 @@ const DROP_GRACE_MS = 3_000; // ICE "disconnected" this long (no packets either 
 const LIMIT_SLACK_S = 15; // a hang-up by the server this close to the session limit is the limit
 const MIN_TALK_MS = 150; // a push-to-talk press shorter than this is a slip, not a turn (the service wants 100 ms)
 const HANGUP_WAIT_MS = 10_000; // `closed` stops waiting for the server's answer to the hang-up after this long
+const LIVE_TURN_GAP_MS = 1_000; // GPT-Live has no turn end: a pause this long between fragments starts a new turn
+const LIVE_CONTEXT_CHARS = 1_800; // appended context is limited to 500 tokens
+// GPT-Live's `session.closed` reasons, as the session's end: why, and in words.
+const LIVE_CLOSED = {
+  close_requested: ["server", "the server closed it"],
+  expired: ["service_limit", "it reached the service's time limit"],
+  content: ["server", "content the service does not allow"],
+  remote_hangup: ["server", "the other side hung up"],
+  connection_lost: ["network", "the connection was lost"],
+};
 
 /**
  * Why a session ended (the `ended` event's `reason`): `user` (close(), or the caller's signal), `time_limit` (the
@@ -75,12 +87,12 @@ export async function fetchConfig(endpointBase = "/connect", { signal } = {}) {
  * `session.maxSeconds`); the session ends itself there (reason `time_limit`) and `endsAt` says when.
  */
 export async function connect({
-  endpoint = "/connect", voice, instructions, audioElement, microphone = true, muted = false, context = [],
-  turns = "auto", maxSeconds = null, onEvent, onStatus, signal,
+  endpoint = "/connect", voice, instructions, model, reasoning, audioElement, microphone = true, muted = false,
+  context = [], turns = "auto", maxSeconds = null, onEvent, onStatus, signal,
 } = {}) {
   return RealtimeSession.open({
-    endpoint, voice, instructions, audioElement, microphone, muted, context, turns, maxSeconds, onEvent, onStatus,
-    signal,
+    endpoint, voice, instructions, model, reasoning, audioElement, microphone, muted, context, turns, maxSeconds,
+    onEvent, onStatus, signal,
   });
 }
 
@@ -109,6 +121,11 @@ class RealtimeSession extends EventTarget {
   #partial = new Map(); // "role:itemId" → transcript text so far
   #audioPlaying = false;
   #typedCount = 0;
+  #live = false; // a GPT-Live session
+  #liveTurns = { user: null, assistant: null }; // the turn each side is in: {id, lastEnd, timer}
+  #liveCount = 0;
+  #liveClosed = null; // the reason GPT-Live gave in session.closed
+  #speakingTimer = 0;
   #closed;
   #settleClosed;
 
@@ -137,6 +154,8 @@ class RealtimeSession extends EventTarget {
   get muted() { return this.#muted; }
   /** Push-to-talk: turn detection is off and the microphone is live only between startTalking and stopTalking. */
   get manualTurns() { return this.#manualTurns; }
+  /** A GPT-Live session: full duplex, so there is nothing to interrupt and no push-to-talk. */
+  get live() { return this.#live; }
   get talking() { return this.#talkingSince !== null; }
   /** When the session ends at the server's limit (ms since the epoch), or null. */
   get endsAt() { return this.#endsAt; }
@@ -161,6 +180,12 @@ class RealtimeSession extends EventTarget {
   sendText(text) {
     const content = String(text ?? "").trim();
     if (!content) return;
+    if (this.#live) {
+      // GPT-Live takes no items and no response.create: the text is appended context the model answers in its time.
+      this.send({ type: "session.instructions.append", content: `The user typed: ${content}`, delegation_id: null });
+      this.#transcript("user", `typed-${++this.#typedCount}`, "final", content);
+      return;
+    }
     this.send({
       type: "conversation.item.create",
       item: { type: "message", role: "user", content: [{ type: "input_text", text: content }] },
@@ -221,6 +246,7 @@ class RealtimeSession extends EventTarget {
 
   /** Stop the answer being generated and cut the audio already queued for playback. */
   interrupt() {
+    if (this.#live) throw new RealtimeError("not_supported", "GPT-Live is full duplex: just speak to interrupt it.");
     this.send({ type: "response.cancel" });
     this.send({ type: "output_audio_buffer.clear" });
   }
@@ -237,7 +263,7 @@ class RealtimeSession extends EventTarget {
     this.#end("user");
   }
 
-  async #start({ endpoint, voice, instructions, microphone, muted, context, turns, maxSeconds, signal }) {
+  async #start({ endpoint, voice, instructions, model, reasoning, microphone, muted, context, turns, maxSeconds, signal }) {
     this.#muted = Boolean(muted);
     this.#manualTurns = turns === "manual";
     try {
@@ -271,6 +297,8 @@ class RealtimeSession extends EventTarget {
       form.append("sdp", pc.localDescription.sdp);
       if (voice) form.append("voice", voice);
       if (instructions?.trim()) form.append("instructions", instructions);
+      if (model) form.append("model", model);
+      if (reasoning) form.append("reasoning", reasoning);
       const url = absolute(endpoint);
       const response = await request(url, {
         method: "POST", body: form, headers: { Accept: "application/sdp, application/json" }, signal,
@@ -280,7 +308,13 @@ class RealtimeSession extends EventTarget {
       if (!answer.startsWith("v=")) {
         throw new RealtimeError("invalid_answer", "The server's answer is not an SDP description.", { status: response.status });
       }
-      this.#callId = parseCallId(response.headers.get("Location"));
+      const location = response.headers.get("Location");
+      this.#callId = parseCallId(location);
+      this.#live = /\/live\/sessions\//.test(location ?? "");
+      if (this.#live && this.#manualTurns) {
+        this.#manualTurns = false; // GPT-Live listens all the time: push-to-talk does not apply
+        this.#applyMicrophone();
+      }
       this.#callToken = response.headers.get("X-Call-Token");
       if (this.#callId && this.#callToken) this.#hangupUrl = hangupUrl(url, this.#callId);
       await pc.setRemoteDescription({ type: "answer", sdp: answer });
@@ -306,11 +340,25 @@ class RealtimeSession extends EventTarget {
 
   /** Earlier turns as items of the new call, before anyone speaks, so the assistant remembers them. */
   #replay(turns) {
+    if (this.#live) return this.#replayLive(turns);
     for (const { role, text } of turns ?? []) {
       if (!text || (role !== "user" && role !== "assistant")) continue;
       const type = role === "user" ? "input_text" : "output_text";
       this.send({ type: "conversation.item.create", item: { type: "message", role, content: [{ type, text }] } });
     }
+  }
+
+  /** GPT-Live takes no items: the turns so far become one appended instruction, the newest kept within its bound. */
+  #replayLive(turns) {
+    const lines = (turns ?? []).filter(({ role, text }) => text && (role === "user" || role === "assistant"))
+      .map(({ role, text }) => `${role === "user" ? "User" : "Assistant"}: ${text}`);
+    if (!lines.length) return;
+    const earlier = lines.join("\n").slice(-LIVE_CONTEXT_CHARS);
+    this.send({
+      type: "session.instructions.append",
+      content: `The conversation so far, continued from an earlier call:\n${earlier}`,
+      delegation_id: null,
+    });
   }
 
   /**
@@ -321,7 +369,8 @@ class RealtimeSession extends EventTarget {
   #watchForTheEnd(dc, pc, signal) {
     dc.addEventListener("close", () => {
       const nearLimit = this.#endsAt && Date.now() >= this.#endsAt - LIMIT_SLACK_S * 1000;
-      this.#end(this.#serviceExpired ? "service_limit" : nearLimit ? "time_limit" : "server");
+      const live = LIVE_CLOSED[this.#liveClosed]?.[0] ?? (this.#liveClosed ? "server" : null);
+      this.#end(this.#serviceExpired ? "service_limit" : nearLimit ? "time_limit" : live ?? "server");
     });
     const connection = () => {
       const state = pc.connectionState ?? pc.iceConnectionState;
@@ -344,6 +393,10 @@ class RealtimeSession extends EventTarget {
     if (reason === "server" || reason === "service_limit") this.#settleClosed();
     else this.#hangUp();
     const detail = { reason, byUser: reason === "user", reconnectable: RECONNECTABLE.has(reason), message: ENDED_MESSAGES[reason] };
+    if (this.#liveClosed) {
+      detail.serviceReason = this.#liveClosed;
+      detail.message += ` GPT-Live closed the session: ${LIVE_CLOSED[this.#liveClosed]?.[1] ?? this.#liveClosed}.`;
+    }
     this.dispatchEvent(new CustomEvent("ended", { detail }));
     this.#setStatus("disconnected");
   }
@@ -377,6 +430,8 @@ class RealtimeSession extends EventTarget {
     this.#ended = true;
     clearTimeout(this.#limitTimer);
     clearTimeout(this.#dropTimer);
+    clearTimeout(this.#speakingTimer);
+    for (const turn of Object.values(this.#liveTurns)) clearTimeout(turn?.timer);
     for (const track of this.#localStream?.getTracks() ?? []) track.stop();
     this.#dc?.close();
     this.#pc?.close();
@@ -406,6 +461,7 @@ class RealtimeSession extends EventTarget {
 
   /** Derive status, transcript and errors from one server event. */
   #follow(event) {
+    if (this.#live) return this.#followLive(event);
     const itemId = event.item_id ?? event.response_id;
     switch (event.type) {
       case "input_audio_buffer.speech_started":
@@ -454,6 +510,53 @@ class RealtimeSession extends EventTarget {
         if (ASSISTANT_DELTA.has(event.type)) this.#transcript("assistant", itemId, "delta", event.delta);
         else if (ASSISTANT_DONE.has(event.type)) this.#transcript("assistant", itemId, "final", event.transcript ?? event.text);
     }
+  }
+
+  /** GPT-Live's events: both sides' timed fragments, its errors, and why it closed (the channel closes next). */
+  #followLive(event) {
+    switch (event.type) {
+      case "session.input_transcript.delta":
+        this.#liveFragment("user", event);
+        break;
+      case "session.output_transcript.delta":
+        this.#liveFragment("assistant", event);
+        this.#setStatus("speaking");
+        clearTimeout(this.#speakingTimer);
+        this.#speakingTimer = setTimeout(() => this.#setStatus("listening"), LIVE_TURN_GAP_MS);
+        break;
+      case "session.closed":
+        this.#liveClosed = event.reason || "closed";
+        break;
+      case "error":
+        this.#serverError(event.error);
+        break;
+    }
+  }
+
+  /**
+   * One timed fragment into its side's turn. GPT-Live never says a turn ended, so a turn ends when its side pauses:
+   * LIVE_TURN_GAP_MS between one fragment's end_ms and the next one's start_ms, or that long without a fragment.
+   * Both sides may speak at once (full duplex), so both may have a turn growing at the same time.
+   */
+  #liveFragment(role, { delta = "", start_ms: start, end_ms: end }) {
+    let turn = this.#liveTurns[role];
+    if (turn && Number.isFinite(start) && Number.isFinite(turn.lastEnd) && start - turn.lastEnd > LIVE_TURN_GAP_MS) {
+      this.#closeLiveTurn(role);
+      turn = null;
+    }
+    if (!turn) turn = this.#liveTurns[role] = { id: `live-${++this.#liveCount}` };
+    turn.lastEnd = Number.isFinite(end) ? end : turn.lastEnd;
+    clearTimeout(turn.timer);
+    turn.timer = setTimeout(() => this.#closeLiveTurn(role), LIVE_TURN_GAP_MS);
+    this.#transcript(role, turn.id, "delta", delta);
+  }
+
+  #closeLiveTurn(role) {
+    const turn = this.#liveTurns[role];
+    if (!turn) return;
+    clearTimeout(turn.timer);
+    this.#liveTurns[role] = null;
+    this.#transcript(role, turn.id, "final", (this.#partial.get(`${role}:${turn.id}`) ?? "").trim());
   }
 
   /** Dispatch a normalised transcript update; `text` is always the whole line so far, `delta` the new piece. */

@@ -1,11 +1,14 @@
-// <realtime-voice endpoint="https://app.example/connect" voice="marin" instructions="…">: a drop-in voice chat
+// <realtime-voice endpoint="https://app.example/connect" voice="marin" instructions="…" model="…" reasoning="…">:
+// a drop-in voice chat
 // built on realtime-session.js. It re-dispatches the session's events (status, event, sent, transcript, error, ended)
 // on itself; they do not bubble, so a generic window "error" handler never mistakes them for script errors. Like the
 // page (and through the same conversation.js), it says why a call ended, reconnects after an accident replaying the
 // conversation so far, keeps the user's mute across calls, and lets Start wait until the server has let the last
-// call go.
+// call go. With more than one model offered (/config), it shows a model picker (and an effort picker for reasoning
+// models); `model` and `reasoning` choose the initial values.
 
-import { connect } from "./realtime-session.js";
+import { connect, fetchConfig } from "./realtime-session.js";
+import { chosenModel, modelHint, showEfforts, showModels } from "./models.js";
 import { Conversation } from "./conversation.js";
 import { renderTranscript, showError, showStatus } from "./realtime-view.js";
 
@@ -46,7 +49,12 @@ template.innerHTML = `
   .status { font-weight: 600; }
   .error { margin: 0.75rem 0 0; color: var(--rv-error); }
   .notice { margin: 0.75rem 0 0; font-weight: 600; }
-  .error[hidden], .error-hint[hidden], .notice[hidden], button[hidden] { display: none; }
+  .error[hidden], .error-hint[hidden], .notice[hidden], button[hidden], .pick[hidden], .hint[hidden] { display: none; }
+  .picks { display: flex; flex-wrap: wrap; gap: 0.75rem; margin-bottom: 0.75rem; }
+  .pick { display: flex; flex-direction: column; gap: 0.25rem; }
+  select { min-height: 2.25rem; font: inherit; }
+  select:focus-visible { outline: 3px solid var(--rv-focus); outline-offset: 2px; }
+  .hint { margin: 0 0 0.75rem; font-size: 0.9em; }
   .error-code { font-weight: 700; }
   .transcript { max-height: 16rem; overflow-y: auto; margin-top: 0.75rem; }
   .transcript:focus-visible { outline: 3px solid var(--rv-focus); }
@@ -55,6 +63,11 @@ template.innerHTML = `
   .line[aria-busy="true"] .said { opacity: 0.75; }
   .sr-only { position: absolute; width: 1px; height: 1px; overflow: hidden; clip-path: inset(50%); white-space: nowrap; }
 </style>
+<div class="picks">
+  <label class="pick model-field" hidden>Model <select class="model" part="model"></select></label>
+  <label class="pick reasoning-field" hidden>Reasoning effort <select class="reasoning" part="reasoning"></select></label>
+</div>
+<p class="hint model-hint" part="hint" hidden></p>
 <div class="bar">
   <button type="button" class="toggle" part="button toggle">Start conversation</button>
   <button type="button" class="mute" part="button mute" aria-pressed="false">Mute microphone</button>
@@ -76,6 +89,7 @@ const TOGGLE_LABELS = {
 export class RealtimeVoiceElement extends HTMLElement {
   #conversation = new Conversation((options) => this.#open(options));
   #ui;
+  #models = [];
 
   constructor() {
     super();
@@ -85,8 +99,10 @@ export class RealtimeVoiceElement extends HTMLElement {
     this.#ui = {
       toggle: find(".toggle"), mute: find(".mute"), status: find(".status"),
       error: find(".error"), transcript: find(".transcript"), audio: find("audio"), notice: find(".notice"),
-      enableAudio: find(".enable-audio"),
+      enableAudio: find(".enable-audio"), model: find(".model"), modelField: find(".model-field"),
+      reasoning: find(".reasoning"), reasoningField: find(".reasoning-field"), hint: find(".model-hint"),
     };
+    this.#ui.model.addEventListener("change", () => this.#showModelChoice());
     showStatus(this.#ui.status, "idle");
     this.#ui.toggle.addEventListener("click", () => (this.#conversation.phase === "idle" ? this.start() : this.stop()));
     this.#ui.enableAudio.addEventListener("click", () => {
@@ -98,6 +114,33 @@ export class RealtimeVoiceElement extends HTMLElement {
     });
     this.#follow(this.#conversation);
   }
+
+  connectedCallback() {
+    this.#loadModels();
+  }
+
+  /** The models the server offers, for the pickers; without them the `model` attribute (or the server's default) holds. */
+  async #loadModels() {
+    try {
+      this.#models = showModels(this.#ui.model, this.#ui.modelField, await fetchConfig(this.#endpoint));
+    } catch {
+      return; // the page still works: the server picks its default model
+    }
+    const wanted = this.getAttribute("model");
+    if (wanted && this.#models.some((model) => model.name === wanted)) this.#ui.model.value = wanted;
+    this.#showModelChoice();
+    const effort = this.getAttribute("reasoning");
+    if (effort && !this.#ui.reasoningField.hidden) this.#ui.reasoning.value = effort;
+  }
+
+  #showModelChoice() {
+    const model = chosenModel(this.#ui.model, this.#models);
+    showEfforts(this.#ui.reasoning, this.#ui.reasoningField, model);
+    this.#ui.hint.textContent = modelHint(model);
+    this.#ui.hint.hidden = !this.#ui.hint.textContent;
+  }
+
+  get #endpoint() { return this.getAttribute("endpoint") || "/connect"; }
 
   /** The live session (for diagnostics), or null. */
   get session() { return this.#conversation.session; }
@@ -119,10 +162,14 @@ export class RealtimeVoiceElement extends HTMLElement {
   }
 
   #open({ signal, context, muted }) {
+    const picked = this.#models.length > 0;
     return connect({
-      endpoint: this.getAttribute("endpoint") || "/connect",
+      endpoint: this.#endpoint,
       voice: this.getAttribute("voice") || undefined,
       instructions: this.getAttribute("instructions") || undefined,
+      model: (picked ? this.#ui.model.value : this.getAttribute("model")) || undefined,
+      reasoning: (picked ? !this.#ui.reasoningField.hidden && this.#ui.reasoning.value : this.getAttribute("reasoning")) ||
+        undefined,
       audioElement: this.#ui.audio,
       muted,
       context,
@@ -178,6 +225,7 @@ export class RealtimeVoiceElement extends HTMLElement {
   #setPhase(phase) {
     this.#ui.toggle.textContent = TOGGLE_LABELS[phase];
     this.#ui.toggle.disabled = phase === "ending";
+    this.#ui.model.disabled = this.#ui.reasoning.disabled = phase !== "idle";
   }
 
   #emit(type, detail) {

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from localdev.fake_openai import Fault
 from realtime_proxy.errors import ApiError
 from realtime_proxy.offer import _validated
-from realtime_proxy.settings import Limits, SessionPolicy
+from realtime_proxy.settings import Settings
 from tests.conftest import OFFER, multipart
 from tests.contract import SPEC, check, resolve
 
@@ -211,7 +211,7 @@ def test_the_published_offer_pattern_accepts_exactly_the_offers_the_app_accepts(
     schema = resolve(SPEC["paths"]["/connect"]["post"]["requestBody"]["content"]["application/sdp"]["schema"])
     published = re.fullmatch(schema["pattern"].removeprefix("^").removesuffix("$"), offer) is not None
     try:
-        _validated({"sdp": offer}, SessionPolicy(), Limits())
+        _validated({"sdp": offer}, Settings())
         accepted = True
     except ApiError as error:
         assert error.code == "invalid_sdp"

@@ -8,10 +8,10 @@ from typing import Any
 from realtime_proxy.guard import PolicyGuard
 from realtime_proxy.offer import Offer
 from realtime_proxy.policy import session_config
-from realtime_proxy.settings import SessionPolicy
+from realtime_proxy.settings import Deployment, SessionPolicy
 
 DECIDED = session_config(
-    SessionPolicy(instructions="Be brief."), "gpt-realtime", Offer("v=0", "cedar", "Speak French.")
+    SessionPolicy(instructions="Be brief."), Offer("v=0", "cedar", "Speak French.", Deployment("gpt-realtime"), None)
 )
 
 

@@ -112,6 +112,8 @@ def test_config_tells_the_browser_its_choices_and_nothing_secret(fake) -> None:
         "turnDetection": {"type": "server_vad", "choosable": True},
         "session": {"maxSeconds": 600},
         "limits": "instance",
+        "models": [{"name": "gpt-realtime", "kind": "realtime", "reasoning": None}],
+        "defaultModel": "gpt-realtime",
     }
     assert b"Secret persona" not in response.get_body() and fake.url.encode() not in response.get_body()
 

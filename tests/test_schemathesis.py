@@ -19,6 +19,18 @@ from tests.conftest import API_KEY, LocalHost
 ST = Path(sys.executable).with_name("st")
 ROOT = Path(__file__).resolve().parent.parent
 schemathesis.serializer.alias("application/sdp", "text/plain")  # the offer is sent as the body, as text
+
+
+@schemathesis.hook
+def before_load_schema(context: schemathesis.HookContext, raw_schema: dict) -> None:
+    """The models a caller may pick are configuration, stated by /config as the allowed voices are: this run's app
+    offers only its default deployment, which takes no reasoning effort, so the fuzzed schema says just that
+    (tests/test_models.py covers choosing among several)."""
+    schemas = raw_schema["components"]["schemas"]
+    schemas["ModelChoice"] = {"enum": ["", "gpt-realtime"]}
+    schemas["ReasoningChoice"] = {"enum": [""]}
+
+
 # A schema-violating request must get one of the refusals /connect documents (Schemathesis' default list
 # lacks 413 and 431, and admits statuses this API never uses for bad input).
 CONFIG = """

@@ -227,7 +227,7 @@ def test_a_session_cap_refusal_says_how_long_honestly_even_under_a_burst() -> No
 
     async def burst(seed: int) -> list[int]:
         table, local = StorageLatency(seed), MemoryTable()
-        ledger = Ledger(table, local, hangup=lambda call_id: asyncio.sleep(0), slots_freed=lambda slots: None)
+        ledger = Ledger(table, local, hangup=lambda call_id, kind: asyncio.sleep(0), slots_freed=lambda slots: None)
         admission = Admission(table, local, ledger, config, per_client_per_minute=0)
 
         async def one(n: int) -> int:

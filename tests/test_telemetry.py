@@ -261,7 +261,7 @@ def test_an_unexpected_failure_is_an_internal_error_span_without_its_message(fak
     def broken(*args: object) -> dict:
         raise RuntimeError(f"bug while holding {API_KEY}")
 
-    monkeypatch.setattr("realtime_proxy.connect.session_config", broken)
+    monkeypatch.setattr("realtime_proxy.exchange.session_config", broken)
     response = connect_from_browser(proxy)
     assert (response.status_code, error_of(response)["code"]) == (500, "internal_error")
     connect = exported.span("connect")

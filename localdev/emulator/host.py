@@ -67,8 +67,12 @@ class PeerHost:
         `call_id` is the id the HTTP side announces in `Location`, so tests can find this call's peer."""
         return self._on_loop(self._answer, offer_sdp, session, call_id or new_id("rtc"), timeout=timeout)
 
-    async def _answer(self, offer_sdp: str, session: dict, call_id: str) -> str:
-        peer = EmulatedPeer(session, call_id)
+    def answer_live(self, offer_sdp: str, session: dict, session_id: str | None = None, timeout: float = 10.0) -> str:
+        """As `answer`, for a GPT-Live session (`FakeAzureOpenAI(live_answerer=...)`): its peer speaks GPT-Live."""
+        return self._on_loop(self._answer, offer_sdp, session, session_id or new_id("sess"), True, timeout=timeout)
+
+    async def _answer(self, offer_sdp: str, session: dict, call_id: str, live: bool = False) -> str:
+        peer = EmulatedPeer(session, call_id, live)
         try:
             answer_sdp = await peer.negotiate(offer_sdp)
         except BaseException:  # also on cancellation by a timed-out caller: release the sockets
@@ -101,6 +105,10 @@ class PeerHost:
     def expire(self, call_id: str) -> bool:
         """End a call as the service does at its own session limit: `session_expired`, then the hang-up."""
         return self._end(call_id, EmulatedPeer.expire)
+
+    def close_live(self, session_id: str) -> bool:
+        """End a GPT-Live session as `session.close` does (the sideband's graceful end); False if it was not live."""
+        return self._end(session_id, EmulatedPeer.close_live)
 
     def drop(self, call_id: str) -> bool:
         """Lose a call as a broken network would: no more packets either way, no goodbye."""

@@ -12,6 +12,7 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from ..fake_call import FakeCall
 from .conversation import Conversation
+from .live import LiveConversation
 from .media import ToneTrack, audio_frames, peak_level
 
 CONNECT_DEADLINE_S = 30.0  # aiortc waits for the browser's ICE checks forever; give up on calls never connected
@@ -32,7 +33,7 @@ class EmulatedPeer:
     Lives on the PeerHost loop; the public attributes are plain values so tests may read them from any thread.
     """
 
-    def __init__(self, session: dict, call_id: str) -> None:
+    def __init__(self, session: dict, call_id: str, live: bool = False) -> None:
         self.call_id = call_id
         self.mic_frames = 0
         self.mic_peak = 0.0
@@ -47,7 +48,11 @@ class EmulatedPeer:
         self._recent_peaks: deque[float] = deque(maxlen=25)  # 0.5 s of 20 ms frames
         self._call: FakeCall | None = None  # the fake's view of this call, which sidebands join
         self._end_reason = "gone"  # why the call ended, unless a hang-up or the session limit ends it
-        self.conversation = Conversation(session, self._deliver, self._tone, self._spawn)
+        self.conversation: Conversation | LiveConversation = (
+            LiveConversation(session, self._deliver, self._tone, self._spawn, call_id, self._close_soon)
+            if live
+            else Conversation(session, self._deliver, self._tone, self._spawn)
+        )
         self._pc.on("datachannel", self._on_datachannel)
         self._pc.on("track", self._on_track)
         self._pc.on("connectionstatechange", self._on_connection_state)
@@ -76,7 +81,8 @@ class EmulatedPeer:
     def bind(self, call: FakeCall, loop: asyncio.AbstractEventLoop) -> None:
         """Mirror this call's server events to the fake call's sidebands and take theirs into the conversation;
         on the loop, which sidebands' events hop onto."""
-        call.session = self.conversation.session
+        if isinstance(self.conversation, Conversation):  # GPT-Live sessions have no realtime sideband
+            call.session = self.conversation.session
         call.peer = lambda text: loop.call_soon_threadsafe(self._from_sideband, text)
         self._call = call
         if self.closed:
@@ -95,10 +101,17 @@ class EmulatedPeer:
         await self._closing
 
     async def expire(self) -> None:
-        """End the call as the service does at its session limit: a `session_expired` error, then the hang-up."""
+        """End the call as the service does at its session limit: a `session_expired` error (GPT-Live: `session.closed`
+        with reason `expired`), then the hang-up."""
         self.conversation.expire()
         self._end_reason = "session_expired"
         self._close_soon()
+        await self.close()
+
+    async def close_live(self, reason: str = "close_requested") -> None:
+        """End a GPT-Live session as `session.close` on its attach socket does: `session.closed`, then the hang-up."""
+        if isinstance(self.conversation, LiveConversation):
+            self.conversation.close(reason)
         await self.close()
 
     async def drop(self) -> None:
