@@ -27,15 +27,21 @@ MAX_HITS = 5
 MAX_QUERY_WORDS = 16
 MAX_QUERY_CHARS = 1000
 MAX_FILE_BYTES = 1024 * 1024  # a knowledge file is a page or two; a larger one is indexed up to here
-SNIPPET_WORDS = 32
+SNIPPET_WORDS = 48  # enough for a step or two the assistant can read out
 SUFFIXES = (".md", ".txt")
 _WORD = re.compile(r"\w+")
+# A spoken question ("how do I deploy this?") is mostly words every page has; ranking on them buries the one that
+# matters. Dropped unless nothing else is left.
+_STOP = (
+    "a an and are can do does for from how i in is it me my of on or the this to what when where which who why with you"
+)
+STOP_WORDS = frozenset(_STOP.split())
 
 
 def words(query: str) -> list[str]:
     """The query's words, at most MAX_QUERY_WORDS of them, without duplicates: the only part of it ever used."""
-    found = _WORD.findall(query[:MAX_QUERY_CHARS].lower())
-    return list(dict.fromkeys(word[:64] for word in found))[:MAX_QUERY_WORDS]
+    found = list(dict.fromkeys(word[:64] for word in _WORD.findall(query[:MAX_QUERY_CHARS].lower())))
+    return ([word for word in found if word not in STOP_WORDS] or found)[:MAX_QUERY_WORDS]
 
 
 class LocalKnowledge:

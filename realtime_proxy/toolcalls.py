@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .logs import logger
@@ -164,7 +166,16 @@ class ToolCalls:
                 raise Failure("failed", "The tool failed.") from None
             raise Failure("timeout", f"The tool did not answer within {timeout:g} seconds.") from None
         except Exception as error:
-            log.warning("call %s: tool %s raised %s", self.call_id, name, type(error).__name__, exc_info=error)
+            # Where, but not the message or the trace's locals: an exception may quote anything (a password).
+            frame = traceback.extract_tb(error.__traceback__)[-1]
+            log.warning(
+                "call %s: tool %s raised %s at %s:%s",
+                self.call_id,
+                name,
+                type(error).__name__,
+                Path(frame.filename).name,
+                frame.lineno,
+            )
             raise Failure("failed", "The tool failed.") from None
         if isinstance(result, str):
             return result
