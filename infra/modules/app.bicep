@@ -17,6 +17,8 @@ param rateLimitPerMinute int
 param rateLimitBurst int
 param maxSessionSeconds int
 param maxActiveSessions int
+param searchEndpoint string
+param searchIndex string
 param zoneRedundant bool
 
 var appName = 'func-${resourceToken}'
@@ -142,6 +144,9 @@ var commonSettings = [
   // Shared limits live in this storage account's table (the role above); the sweep enforces the session length.
   { name: 'REALTIME_MAX_SESSION_SECONDS', value: string(maxSessionSeconds) }
   { name: 'MAX_ACTIVE_SESSIONS', value: string(maxActiveSessions) }
+  // search_knowledge: Azure AI Search with the identity when both are set, else the embedded index of knowledge/.
+  { name: 'AZURE_SEARCH_ENDPOINT', value: searchEndpoint }
+  { name: 'AZURE_SEARCH_INDEX', value: searchIndex }
 ]
 
 // With a user-assigned identity every consumer must be told which one: azure-identity (AZURE_CLIENT_ID),
