@@ -9,7 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = {"overhead": "connect_overhead.py", "concurrency": "concurrency.py", "limits": "shared_limits.py"}
+BENCHMARKS = {
+    "overhead": "connect_overhead.py",
+    "concurrency": "concurrency.py",
+    "limits": "shared_limits.py",
+    "tools": "tool_calls.py",
+}
 
 
 def main() -> int:

@@ -86,6 +86,12 @@ param maxActiveSessions int = 0
 @allowed(['off', 'observe', 'enforce'])
 @description('REALTIME_SUPERVISOR: a sideband supervisor in every call (docs/supervisor.md): enforce holds the session the server decided, observe only logs and counts; both end calls on time and meter usage.')
 param supervisorMode string = 'enforce'
+// ---- Optional: Azure AI Search behind the search_knowledge tool (docs/tools.md) ----
+@description('Resource id of an existing Azure AI Search service for search_knowledge; empty = the embedded index of knowledge/.')
+param existingSearchResourceId string = ''
+
+@description('AZURE_SEARCH_INDEX: the index search_knowledge queries in that service.')
+param searchIndexName string = ''
 
 @description('Spread instances over availability zones. Off by default: on Flex it keeps at least two always-ready instances (billed) and only some regions offer it.')
 param zoneRedundant bool = false
@@ -103,6 +109,9 @@ var existingParts = split(existingOpenAiResourceId, '/')
 var openAiSubscriptionId = useExistingOpenAi ? existingParts[2] : subscription().subscriptionId
 var openAiResourceGroup = useExistingOpenAi ? existingParts[4] : rg.name
 var openAiAccountName = useExistingOpenAi ? last(existingParts) : 'oai-${resourceToken}'
+var useSearch = !empty(existingSearchResourceId)
+var searchParts = split(existingSearchResourceId, '/')
+var searchServiceName = useSearch ? last(searchParts) : ''
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: empty(resourceGroupName) ? 'rg-${environmentName}' : resourceGroupName
@@ -154,6 +163,8 @@ module app 'modules/app.bicep' = {
     maxSessionSeconds: maxSessionSeconds
     maxActiveSessions: maxActiveSessions
     supervisorMode: supervisorMode
+    searchEndpoint: useSearch ? 'https://${searchServiceName}.search.windows.net' : ''
+    searchIndex: useSearch ? searchIndexName : ''
     zoneRedundant: zoneRedundant
   }
 }
@@ -166,6 +177,16 @@ module openAiRole 'modules/openai-role.bicep' = {
   dependsOn: [openAi]
   params: {
     accountName: openAiAccountName
+    principalId: app.outputs.principalId
+  }
+}
+
+// Search Index Data Reader on the Azure AI Search service, only when one is given.
+module searchRole 'modules/search-role.bicep' = if (useSearch) {
+  name: 'search-role'
+  scope: resourceGroup(useSearch ? searchParts[2] : subscription().subscriptionId, useSearch ? searchParts[4] : rg.name)
+  params: {
+    serviceName: searchServiceName
     principalId: app.outputs.principalId
   }
 }

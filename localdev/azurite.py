@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-TOOLS = Path(__file__).resolve().parent.parent / "tools" / "azurite"
-PACKAGE = TOOLS / "node_modules" / "azurite"
+NPM_FOLDER = Path(__file__).resolve().parent / "azurite-npm"
+PACKAGE = NPM_FOLDER / "node_modules" / "azurite"
 STOP_ON_EOF = Path(__file__).resolve().parent / "azurite_stop_on_eof.cjs"
 ACCOUNT = "devstoreaccount1"
 # Azurite's published development account key (the same for every Azurite): not a secret.
@@ -99,7 +99,7 @@ class Azurite:
         if not node:
             raise AzuriteUnavailable("node is not installed")
         if not PACKAGE.exists():
-            raise AzuriteUnavailable("tools/azurite is not installed: `./dev` installs it with npm ci")
+            raise AzuriteUnavailable("localdev/azurite-npm is not installed: `./dev` installs it with npm ci")
         self.folder.mkdir(parents=True, exist_ok=True)
         lock = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         locked = _lock(lock)

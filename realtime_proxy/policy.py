@@ -1,13 +1,14 @@
 """Turns the server's session policy plus a caller's choices into the `session` object sent upstream.
 
 The caller chooses a voice from the allowed list and, depending on the mode, adds to or replaces the
-server's instructions; everything else (model, transcription, turn detection, tools off) is the server's
+server's instructions; everything else (model, transcription, turn detection, tools) is the server's
 *when the session is created*. A browser holding the data channel can change most of it afterwards with
 `session.update` (docs/security.md: "What the server controls, and what the browser can still change").
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .offer import Offer
@@ -22,9 +23,10 @@ def effective_instructions(policy: SessionPolicy, caller: str) -> str:
     return f"{policy.instructions}\n\n{caller}"
 
 
-def session_config(policy: SessionPolicy, offer: Offer) -> dict[str, Any]:
+def session_config(policy: SessionPolicy, offer: Offer, tools: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """The session minted for a realtime (or reasoning) deployment; `reasoning` only when the caller chose an
-    effort, since other models reject the field (realtime-api.md §5)."""
+    effort, since other models reject the field (realtime-api.md §5). `tools`: the server-run tools' declarations
+    (toolcalls.Toolbox.declarations), given only when a supervisor will be in the call to answer them."""
     turn_detection = None if policy.turn_detection == "none" else {"type": policy.turn_detection}
     audio_input: dict[str, Any] = {"turn_detection": turn_detection}
     if policy.transcription_model:
@@ -33,9 +35,11 @@ def session_config(policy: SessionPolicy, offer: Offer) -> dict[str, Any]:
         "type": "realtime",
         "model": offer.model.name,
         "instructions": effective_instructions(policy, offer.instructions),
-        "tools": [],
+        "tools": [dict(tool) for tool in tools],
         "audio": {"input": audio_input, "output": {"voice": offer.voice}},
     }
+    if tools:
+        config["tool_choice"] = "auto"
     if offer.reasoning:
         config["reasoning"] = {"effort": offer.reasoning}
     return config

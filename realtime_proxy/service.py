@@ -14,10 +14,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from functools import wraps
 from pathlib import Path
 
 import azure.functions as func
+
+import tools  # noqa: F401  the owner's tools register themselves on import (tools/__init__.py)
 
 from .admission import Admission
 from .calls import CallControl
@@ -38,6 +41,9 @@ from .static_files import StaticFiles
 from .supervisor import HandOff, Supervisor
 from .tables import MemoryTable, StorageTable, Table, Unavailable
 from .telemetry import NO_TELEMETRY, NoTelemetry, Telemetry, telemetry_from_environ
+from .tool_telemetry import NO_TOOL_TELEMETRY, ToolTelemetry
+from .toolcalls import Toolbox
+from .toolkit import REGISTRY, Tool
 from .upstream import Upstream
 
 STATIC_ROOT = Path(__file__).resolve().parent.parent / "static"
@@ -90,8 +96,17 @@ class RealtimeProxy:
     def __init__(
         self, settings: Settings, static_root: Path = STATIC_ROOT, telemetry: Telemetry | NoTelemetry = NO_TELEMETRY
     ) -> None:
+        settings, enabled = _enabled_tools(settings)
         self.settings = settings
         self.identity = Identity(settings.managed_identity_client_id)
+        # The tool loop's process-wide half; a call's half is toolbox.for_call(call_id), run by the supervisor,
+        # which is also when session_config gets toolbox.declarations() (docs/tools.md).
+        self.toolbox = Toolbox(
+            enabled,
+            settings.tools,
+            self.identity,
+            ToolTelemetry() if isinstance(telemetry, Telemetry) else NO_TOOL_TELEMETRY,
+        )
         self.table = _table(settings.shared, self.identity)
         self.upstream: Upstream | None = None
         self.supervisor: Supervisor | None = None
@@ -206,6 +221,14 @@ class RealtimeProxy:
         if allow:
             raise ApiError(405, "method_not_allowed", f"Use {allow} here.", {"Allow": allow})
         return self.files.serve(req, path)
+
+
+def _enabled_tools(settings: Settings) -> tuple[Settings, tuple[Tool, ...]]:
+    """The tools REALTIME_TOOLS enables; naming one that is not registered is a problem like any bad setting."""
+    try:
+        return settings, REGISTRY.select(settings.tools.enabled)
+    except ValueError as problem:
+        return replace(settings, problems=(*settings.problems, str(problem))), ()
 
 
 def _table(shared: SharedLimits, identity: Identity) -> Table:

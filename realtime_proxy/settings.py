@@ -93,6 +93,18 @@ class Supervision:
 
 
 @dataclass(frozen=True)
+class ToolSettings:
+    """Server-run function tools (docs/tools.md): which are enabled and the bounds on every call of one."""
+
+    enabled: tuple[str, ...] | None = None  # REALTIME_TOOLS; None: every registered tool
+    timeout_seconds: float = 10.0
+    output_max_chars: int = 4000
+    max_calls: int = 20  # per live call; per response at most min(this, MAX_CALLS_PER_RESPONSE in toolcalls.py)
+    search_endpoint: str | None = None  # Azure AI Search instead of the embedded index of knowledge/
+    search_index: str | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     resource_url: str | None = None
     deployment: str = "gpt-realtime"
@@ -108,6 +120,7 @@ class Settings:
     limits: Limits = Limits()
     shared: SharedLimits = SharedLimits()
     supervision: Supervision = Supervision()
+    tools: ToolSettings = ToolSettings()
     problems: tuple[str, ...] = ()
 
     @property
@@ -244,6 +257,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         limits=_read_limits(read),
         shared=shared,
         supervision=_read_supervision(read, bool(shared.storage or shared.storage_endpoint)),
+        tools=_read_tools(read),
         problems=tuple(read.problems),
     )
 
@@ -366,6 +380,30 @@ def _prices(read: _Reader) -> dict[str, dict[str, float]] | None:
         "REALTIME_PRICES must be JSON naming deployments, each with " + ", ".join(PRICE_KINDS) + " (USD per 1M tokens)"
     )
     return None
+
+
+def _read_tools(read: _Reader) -> ToolSettings:
+    """Whether REALTIME_TOOLS names registered tools is checked where the registry is known (Registry.select)."""
+    named = read.items("REALTIME_TOOLS")
+    endpoint, index = read.token("AZURE_SEARCH_ENDPOINT"), read.token("AZURE_SEARCH_INDEX")
+    if endpoint is not None:
+        try:
+            endpoint = normalize_base_url(endpoint)
+        except ValueError:
+            read.problems.append(
+                "AZURE_SEARCH_ENDPOINT must be an https:// URL such as https://my-search.search.windows.net"
+            )
+            endpoint = index = None
+    if (endpoint is None) != (index is None):
+        read.problems.append("AZURE_SEARCH_ENDPOINT and AZURE_SEARCH_INDEX are set together or not at all")
+    return ToolSettings(
+        enabled=None if not named else () if [name.lower() for name in named] == ["none"] else named,
+        timeout_seconds=read.number("REALTIME_TOOL_TIMEOUT_SECONDS", 10, 0.1, 60),
+        output_max_chars=int(read.number("REALTIME_TOOL_OUTPUT_MAX_CHARS", 4000, 100, 100_000)),
+        max_calls=int(read.number("REALTIME_MAX_TOOL_CALLS", 20, 1, 1000)),
+        search_endpoint=endpoint if index else None,
+        search_index=index if endpoint else None,
+    )
 
 
 def _storage_connection(read: _Reader) -> str | None:

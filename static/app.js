@@ -3,7 +3,7 @@
 import { connect, fetchConfig } from "./realtime-session.js";
 import { Conversation } from "./conversation.js";
 import { listMicrophones, watchMicrophones } from "./devices.js";
-import { renderTranscript, showError, showStatus } from "./realtime-view.js";
+import { renderTool, renderTranscript, showError, showStatus } from "./realtime-view.js";
 import { primeAudio, watchLevel } from "./audio-level.js";
 import { chosenModel, modelHint, showEfforts, showModels } from "./models.js";
 
@@ -179,6 +179,7 @@ function adopt(session) {
     state.live.push(() => session.removeEventListener(type, handler));
   };
   on("transcript", ({ detail }) => renderTranscript(ui.transcript, detail));
+  on("tool", ({ detail }) => renderTool(ui.transcript, detail));
   on("error", ({ detail }) => showError(ui.error, detail));
   on("sent", ({ detail }) => log("out", detail));
   on("audio", ({ detail }) => { ui.enableAudio.hidden = !detail.blocked; });

@@ -98,6 +98,7 @@ export async function connect({
 
 class RealtimeSession extends EventTarget {
   #status = null;
+  #tools = new Map(); // call_id of a server-run tool call → "call" or "output" (the phase already shown)
   #ended = false;
   #endedReason = null;
   #muted = false;
@@ -492,6 +493,13 @@ class RealtimeSession extends EventTarget {
         if (failure) this.#serverError(failure);
         break;
       }
+      case "response.output_item.added":
+      case "response.output_item.done":
+      case "conversation.item.added":
+      case "conversation.item.created":
+      case "conversation.item.done":
+        this.#tool(event.item);
+        break;
       case "conversation.item.input_audio_transcription.delta":
         this.#transcript("user", itemId, "delta", event.delta);
         break;
@@ -559,6 +567,23 @@ class RealtimeSession extends EventTarget {
     this.#transcript(role, turn.id, "final", (this.#partial.get(`${role}:${turn.id}`) ?? "").trim());
   }
 
+  /**
+   * A tool the server runs (docs/tools.md), as far as the data channel shows it: one `tool` event when the model
+   * calls it (`phase: "call"`, its name) and one when the server's answer joins the conversation (`phase: "output"`,
+   * a short `summary`). The page never answers a call itself. Several events carry the same item: each phase once.
+   */
+  #tool(item) {
+    const callId = item?.call_id;
+    if (!callId || (item.type !== "function_call" && item.type !== "function_call_output")) return;
+    const phase = item.type === "function_call" ? "call" : "output";
+    const shown = this.#tools.get(callId);
+    if (shown === phase || shown === "output") return;
+    this.#tools.set(callId, phase);
+    const detail = { callId, phase, name: item.name ?? null };
+    if (phase === "output") detail.summary = toolSummary(item.output);
+    this.dispatchEvent(new CustomEvent("tool", { detail }));
+  }
+
   /** Dispatch a normalised transcript update; `text` is always the whole line so far, `delta` the new piece. */
   #transcript(role, itemId, kind, piece, error) {
     const key = `${role}:${itemId}`;
@@ -583,6 +608,30 @@ class RealtimeSession extends EventTarget {
     if (hint) detail.hint = hint;
     this.dispatchEvent(new CustomEvent("error", { detail }));
   }
+}
+
+/** A tool output (a string, JSON for structured results) in a few words for the page: never the whole of it. */
+export function toolSummary(output) {
+  let value = output;
+  try {
+    value = JSON.parse(output);
+  } catch {
+    // plain text
+  }
+  if (value && typeof value === "object" && !Array.isArray(value)) {
+    if (typeof value.error === "string") return `failed: ${clip(value.error)}`;
+    if (Array.isArray(value.hits)) {
+      const first = value.hits[0]?.path;
+      return value.hits.length ? `${value.hits.length} found${first ? `, first ${clip(String(first), 40)}` : ""}` : "nothing found";
+    }
+    if (typeof value.time === "string") return clip(value.time);
+  }
+  return clip(typeof value === "string" ? value : JSON.stringify(value) ?? "");
+}
+
+function clip(text, length = 80) {
+  const flat = String(text).replace(/\s+/g, " ").trim();
+  return flat.length > length ? `${flat.slice(0, length - 1)}…` : flat || "done";
 }
 
 function waitForOpen(dc, pc, signal) {

@@ -44,6 +44,24 @@ export function renderTranscript(container, { role, itemId, text, final, kind, e
   if (follow) container.scrollTop = container.scrollHeight;
 }
 
+/** Show a server-run tool call (a `tool` event detail) as a line of the transcript, updated when it is answered. */
+export function renderTool(container, { callId, name, phase, summary }) {
+  let line = container.querySelector(`[data-role="tool"][data-call-id="${CSS.escape(callId)}"]`);
+  if (!line) {
+    line = document.createElement("p");
+    line.className = "line tool";
+    line.dataset.role = "tool";
+    line.dataset.callId = callId;
+    container.append(line);
+  }
+  line.dataset.name = name ?? line.dataset.name ?? "";
+  const tool = line.dataset.name || "a tool";
+  line.dataset.phase = phase;
+  line.textContent = phase === "call" ? `Looking up: ${tool}…` : `Looked up ${tool}: ${summary}`;
+  line.setAttribute("aria-busy", String(phase === "call"));
+  container.scrollTop = container.scrollHeight;
+}
+
 /** Fill an error box holding .error-code, .error-message and .error-hint; a null error hides it. */
 export function showError(box, error) {
   box.hidden = !error;

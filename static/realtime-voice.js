@@ -10,7 +10,7 @@
 import { connect, fetchConfig } from "./realtime-session.js";
 import { chosenModel, modelHint, showEfforts, showModels } from "./models.js";
 import { Conversation } from "./conversation.js";
-import { renderTranscript, showError, showStatus } from "./realtime-view.js";
+import { renderTool, renderTranscript, showError, showStatus } from "./realtime-view.js";
 
 const template = document.createElement("template");
 template.innerHTML = `
@@ -204,6 +204,7 @@ export class RealtimeVoiceElement extends HTMLElement {
 
   #adopt(session) {
     session.addEventListener("transcript", ({ detail }) => renderTranscript(this.#ui.transcript, detail));
+    session.addEventListener("tool", ({ detail }) => renderTool(this.#ui.transcript, detail));
     session.addEventListener("error", ({ detail }) => showError(this.#ui.error, detail));
     session.addEventListener("audio", ({ detail }) => { this.#ui.enableAudio.hidden = !detail.blocked; });
     for (const type of ["transcript", "error", "sent", "ended"]) {

@@ -28,6 +28,7 @@ BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
 TABLE_DATA_CONTRIBUTOR = "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3"
 QUEUE_DATA_CONTRIBUTOR = "974c5e8b-45b9-4653-ba55-5f855dd0fb88"
 METRICS_PUBLISHER = "3913510d-42f4-4e42-8a64-420c390055eb"
+SEARCH_INDEX_DATA_READER = "1407120a-92aa-4202-b7e9-c0e197c71c8f"
 # Read by the Functions host or platform, not by this app's code.
 PLATFORM_PREFIXES = ("AzureWebJobsStorage__", "APPLICATIONINSIGHTS_", "FUNCTIONS_", "WEBSITE_")
 
@@ -147,6 +148,7 @@ def test_every_template_parses():
         "modules/app.bicep",
         "modules/openai.bicep",
         "modules/openai-role.bicep",
+        "modules/search-role.bicep",
     }
     for f in files:
         assert tree(f.relative_to(INFRA).as_posix())["resources"], f
@@ -214,6 +216,27 @@ def test_openai_user_role_is_granted_on_the_openai_resource_to_the_apps_identity
     assert render(resolve(app, "principalId")) == (
         "useUserAssignedIdentity ? userIdentity.properties.principalId : app.identity.principalId"
     )
+
+
+def test_the_optional_search_role_is_read_only_and_goes_to_the_apps_identity_on_the_given_service():
+    role = tree("modules/search-role.bicep")
+    (assignment,) = resources(role, "Microsoft.Authorization/roleAssignments").values()
+    config = assignment["config"]
+    scope = role["resources"][config["scope"]]
+    assert scope["type"] == "Microsoft.Search/searchServices" and scope["existing"]
+    definition = config["properties"]["roleDefinitionId"]["function"]["parameters"]
+    assert resolve(role, definition["resource_name_1"]) == SEARCH_INDEX_DATA_READER
+    assert config["properties"]["principalId"] == "principalId"
+
+    main = tree("main.bicep")
+    (module,) = [m for m in main["modules"].values() if m["detail"]["path"] == "modules/search-role.bicep"]
+    assert module["config"]["condition"] == "useSearch", "only with a search service"
+    call = module_call(main, "modules/search-role.bicep")
+    assert render(call["params"]["principalId"]) == "app.outputs.principalId"
+    assert call["params"]["serviceName"] == "searchServiceName"
+    app_call = module_call(main, "modules/app.bicep")
+    assert "searchServiceName" in render(app_call["params"]["searchEndpoint"])
+    assert set(app_settings()) >= {"AZURE_SEARCH_ENDPOINT", "AZURE_SEARCH_INDEX"}
 
 
 def test_host_storage_queue_and_telemetry_roles_go_to_the_same_principal():

@@ -61,9 +61,9 @@ firefox = Tool(
 )
 node = Tool("node", lambda: shutil.which("node") is not None, "install Node.js 20 or later; ./dev does not")
 azurite = Tool(
-    "Azurite (tools/azurite/node_modules)",
+    "Azurite (localdev/azurite-npm/node_modules)",
     lambda: shutil.which("node") is not None and AZURITE_PACKAGE.exists(),
-    "./dev test installs it (npm ci in tools/azurite; needs node and npm)",
+    "./dev test installs it (npm ci in localdev/azurite-npm; needs node and npm)",
 )
 agents_sdk = Tool(
     "tests/agents_sdk/node_modules (the Agents SDK and esbuild)",

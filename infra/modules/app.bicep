@@ -18,6 +18,8 @@ param rateLimitBurst int
 param maxSessionSeconds int
 param maxActiveSessions int
 param supervisorMode string
+param searchEndpoint string
+param searchIndex string
 param zoneRedundant bool
 
 var appName = 'func-${resourceToken}'
@@ -146,6 +148,9 @@ var commonSettings = [
   { name: 'MAX_ACTIVE_SESSIONS', value: string(maxActiveSessions) }
   // Each admitted call goes through this account's queue to a supervisor (the queue role below).
   { name: 'REALTIME_SUPERVISOR', value: supervisorMode }
+  // search_knowledge: Azure AI Search with the identity when both are set, else the embedded index of knowledge/.
+  { name: 'AZURE_SEARCH_ENDPOINT', value: searchEndpoint }
+  { name: 'AZURE_SEARCH_INDEX', value: searchIndex }
 ]
 
 // With a user-assigned identity every consumer must be told which one: azure-identity (AZURE_CLIENT_ID),
