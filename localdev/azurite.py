@@ -1,4 +1,5 @@
-"""Azurite's table service on loopback: the Azure Table Storage that `./dev run` and the tests use locally.
+"""Azurite on loopback: the Azure Storage (tables, queues and blobs, each on a port of its own) that `./dev run` and
+the tests use locally, what `UseDevelopmentStorage=true` means to `func start`.
 
 Azurite keeps tables in memory and saves them to `folder` every 5 s and when it shuts down, so `stop()` asks it to
 shut down (killing it loses the last seconds of writes) and `start()` again on the same port and folder brings back
@@ -30,16 +31,17 @@ STOP_ON_EOF = Path(__file__).resolve().parent / "azurite_stop_on_eof.cjs"
 ACCOUNT = "devstoreaccount1"
 # Azurite's published development account key (the same for every Azurite): not a secret.
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-STARTED = "successfully started"  # "Azurite Table service successfully started on HOST:PORT": it is listening
+# Azurite starts blob, queue and table in that order; once the table service says so, all three are listening.
+STARTED = "Azurite Table service is successfully listening"
 
 
 class AzuriteUnavailable(RuntimeError):
     """Azurite cannot run here: node or the npm package is missing, the folder is in use, or it did not start."""
 
 
-def _table_service() -> Path:
-    """The script npm's `azurite-table` command runs, run here with node itself: no shell or .cmd shim in between."""
-    return PACKAGE / json.loads((PACKAGE / "package.json").read_text())["bin"]["azurite-table"]
+def _services() -> Path:
+    """The script npm's `azurite` command runs, run here with node itself: no shell or .cmd shim in between."""
+    return PACKAGE / json.loads((PACKAGE / "package.json").read_text())["bin"]["azurite"]
 
 
 def _lock(fd: int) -> bool | None:
@@ -64,11 +66,14 @@ def free_port() -> int:
 
 
 class Azurite:
-    """One Azurite table service on 127.0.0.1, its data in `folder`."""
+    """One Azurite on 127.0.0.1, its data in `folder`: the table service on `port`, queues on `queue_port`, blobs on
+    `blob_port`."""
 
     def __init__(self, folder: Path, port: int = 0, start_timeout: float = 30.0) -> None:
         self.folder = folder
         self.port = port or free_port()
+        self.queue_port = free_port()
+        self.blob_port = free_port()
         self.start_timeout = start_timeout
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -76,6 +81,8 @@ class Azurite:
     def connection_string(self) -> str:
         return (
             f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{self.blob_port}/{ACCOUNT};"
+            f"QueueEndpoint=http://127.0.0.1:{self.queue_port}/{ACCOUNT};"
             f"TableEndpoint=http://127.0.0.1:{self.port}/{ACCOUNT};"
         )
 
@@ -110,11 +117,10 @@ class Azurite:
                         node,
                         "--require",
                         str(STOP_ON_EOF),
-                        str(_table_service()),
-                        "--tableHost",
-                        "127.0.0.1",
-                        "--tablePort",
-                        str(self.port),
+                        str(_services()),
+                        *("--blobHost", "127.0.0.1", "--blobPort", str(self.blob_port)),
+                        *("--queueHost", "127.0.0.1", "--queuePort", str(self.queue_port)),
+                        *("--tableHost", "127.0.0.1", "--tablePort", str(self.port)),
                         "--location",
                         str(self.folder),
                         "--silent",  # no access log line per request

@@ -1,4 +1,4 @@
-// Preloaded into Azurite's table service (node --require) by localdev/azurite.py: when stdin ends, shut Azurite down
+// Preloaded into Azurite (node --require) by localdev/azurite.py: when stdin ends, shut Azurite down
 // as Ctrl-C does, so it saves its tables. Stdin ends when localdev/azurite.py's stop() closes it, and also when the
 // Python process that started Azurite dies, however it dies: the OS closes the pipe. No signal is sent, so this works
 // alike on Linux, macOS and Windows.
