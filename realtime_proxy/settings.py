@@ -65,6 +65,16 @@ class SharedLimits:
 
 
 @dataclass(frozen=True)
+class TranscriptStore:
+    """Where each call's transcript goes (realtime_proxy/transcripts.py): nowhere unless the owner says `blob`."""
+
+    mode: str = "off"  # off | blob
+    container: str = "transcripts"
+    storage: str | None = field(default=None, repr=False)  # AzureWebJobsStorage connection string
+    endpoint: str | None = None  # identity-based: the account's blob endpoint
+
+
+@dataclass(frozen=True)
 class Settings:
     resource_url: str | None = None
     deployment: str = "gpt-realtime"
@@ -77,6 +87,7 @@ class Settings:
     policy: SessionPolicy = SessionPolicy()
     limits: Limits = Limits()
     shared: SharedLimits = SharedLimits()
+    transcripts: TranscriptStore = TranscriptStore()
     problems: tuple[str, ...] = ()
 
     @property
@@ -191,6 +202,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             resource_url = normalize_base_url(raw_url)
         except ValueError as exc:
             read.problems.append(f"AZURE_OPENAI_BASE_URL {exc}")
+    shared = _read_shared(read)
     return Settings(
         resource_url=resource_url,
         deployment=read.token("AZURE_OPENAI_DEPLOYMENT", "gpt-realtime") or "gpt-realtime",
@@ -202,7 +214,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         emulator=read.flag("REALTIME_EMULATOR"),
         policy=_read_policy(read),
         limits=_read_limits(read),
-        shared=_read_shared(read),
+        shared=shared,
+        transcripts=_read_transcripts(read, shared),
         problems=tuple(read.problems),
     )
 
@@ -285,3 +298,31 @@ def _table_name(read: _Reader) -> str:
         read.problems.append("LIMITS_TABLE must be 3-63 letters and digits, starting with a letter")
         return "realtimelimits"
     return name
+
+
+def _read_transcripts(read: _Reader, shared: SharedLimits) -> TranscriptStore:
+    """The blob endpoint as the Functions host reads AzureWebJobsStorage (`__blobServiceUri` or `__accountName`);
+    asking for transcripts without a storage account is a problem named at /connect, not transcripts lost quietly."""
+    mode = read.choice("REALTIME_SERVER_TRANSCRIPTS", "off", ("off", "blob"))
+    endpoint = None
+    if mode == "blob" and not shared.storage:
+        account = read.token("AzureWebJobsStorage__accountName")
+        endpoint = read.token("AzureWebJobsStorage__blobServiceUri") or (
+            f"https://{account}.blob.core.windows.net" if account else None
+        )
+        if endpoint is None:
+            read.problems.append("REALTIME_SERVER_TRANSCRIPTS=blob needs a storage account (AzureWebJobsStorage)")
+            mode = "off"
+    container = read.token("REALTIME_TRANSCRIPTS_CONTAINER", "transcripts") or "transcripts"
+    if not re.fullmatch(r"[a-z0-9](?:[a-z0-9]|-(?!-)){1,61}[a-z0-9]", container):
+        read.problems.append(
+            "REALTIME_TRANSCRIPTS_CONTAINER must be 3-63 lowercase letters, digits and single hyphens, "
+            "starting and ending with a letter or digit"
+        )
+        container = "transcripts"
+    return TranscriptStore(
+        mode=mode,
+        container=container,
+        storage=shared.storage if mode == "blob" else None,
+        endpoint=endpoint if mode == "blob" else None,
+    )
