@@ -83,6 +83,15 @@ param maxSessionSeconds int = 0
 @description('MAX_ACTIVE_SESSIONS: live sessions at once for the whole app (0: no cap).')
 param maxActiveSessions int = 0
 
+@allowed(['off', 'blob'])
+@description('REALTIME_SERVER_TRANSCRIPTS: blob = each supervised call\'s user and assistant words as JSON lines in the app\'s storage account, container transcripts (docs/transcripts.md). Off by default: transcripts are personal data.')
+param serverTranscripts string = 'off'
+
+@minValue(1)
+@maxValue(3650)
+@description('With serverTranscripts = blob: a lifecycle rule deletes each transcript this many days after its last line.')
+param transcriptRetentionDays int = 30
+
 @description('Spread instances over availability zones. Off by default: on Flex it keeps at least two always-ready instances (billed) and only some regions offer it.')
 param zoneRedundant bool = false
 
@@ -149,6 +158,8 @@ module app 'modules/app.bicep' = {
     rateLimitBurst: rateLimitBurst
     maxSessionSeconds: maxSessionSeconds
     maxActiveSessions: maxActiveSessions
+    serverTranscripts: serverTranscripts
+    transcriptRetentionDays: transcriptRetentionDays
     zoneRedundant: zoneRedundant
   }
 }

@@ -17,6 +17,8 @@ param rateLimitPerMinute int
 param rateLimitBurst int
 param maxSessionSeconds int
 param maxActiveSessions int
+param serverTranscripts string
+param transcriptRetentionDays int
 param zoneRedundant bool
 
 var appName = 'func-${resourceToken}'
@@ -67,6 +69,36 @@ resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01'
     deleteRetentionPolicy: {
       enabled: true
       days: 7
+    }
+  }
+}
+
+// Transcripts are personal data: kept no longer than transcriptRetentionDays after their last line.
+resource transcriptRetention 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = if (serverTranscripts == 'blob') {
+  parent: storage
+  name: 'default'
+  properties: {
+    policy: {
+      rules: [
+        {
+          name: 'delete-old-transcripts'
+          enabled: true
+          type: 'Lifecycle'
+          definition: {
+            filters: {
+              blobTypes: ['appendBlob']
+              prefixMatch: ['transcripts/']
+            }
+            actions: {
+              baseBlob: {
+                delete: {
+                  daysAfterModificationGreaterThan: transcriptRetentionDays
+                }
+              }
+            }
+          }
+        }
+      ]
     }
   }
 }
@@ -142,6 +174,8 @@ var commonSettings = [
   // Shared limits live in this storage account's table (the role above); the sweep enforces the session length.
   { name: 'REALTIME_MAX_SESSION_SECONDS', value: string(maxSessionSeconds) }
   { name: 'MAX_ACTIVE_SESSIONS', value: string(maxActiveSessions) }
+  // Call transcripts (off unless asked for) go to the container transcripts in this account: Blob Data Owner below.
+  { name: 'REALTIME_SERVER_TRANSCRIPTS', value: serverTranscripts }
 ]
 
 // With a user-assigned identity every consumer must be told which one: azure-identity (AZURE_CLIENT_ID),
@@ -237,7 +271,8 @@ resource scmCredentials 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@
   }
 }
 
-// Host storage (AzureWebJobsStorage) and the deployment package: the Functions host needs Blob Data Owner.
+// Host storage (AzureWebJobsStorage) and the deployment package: the Functions host needs Blob Data Owner. The
+// app's call transcripts (REALTIME_SERVER_TRANSCRIPTS=blob) use it too: it creates their container and appends.
 // No queue role: the app has no queue or blob triggers, so the host never touches queues.
 resource blobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   scope: storage
