@@ -92,6 +92,14 @@ param existingSearchResourceId string = ''
 
 @description('AZURE_SEARCH_INDEX: the index search_knowledge queries in that service.')
 param searchIndexName string = ''
+@allowed(['off', 'blob'])
+@description('REALTIME_SERVER_TRANSCRIPTS: blob = each supervised call\'s user and assistant words as JSON lines in the app\'s storage account, container transcripts (docs/transcripts.md). Off by default: transcripts are personal data.')
+param serverTranscripts string = 'off'
+
+@minValue(1)
+@maxValue(3650)
+@description('With serverTranscripts = blob: a lifecycle rule deletes each transcript this many days after its last line.')
+param transcriptRetentionDays int = 30
 
 @description('Spread instances over availability zones. Off by default: on Flex it keeps at least two always-ready instances (billed) and only some regions offer it.')
 param zoneRedundant bool = false
@@ -165,6 +173,8 @@ module app 'modules/app.bicep' = {
     supervisorMode: supervisorMode
     searchEndpoint: useSearch ? 'https://${searchServiceName}.search.windows.net' : ''
     searchIndex: useSearch ? searchIndexName : ''
+    serverTranscripts: serverTranscripts
+    transcriptRetentionDays: transcriptRetentionDays
     zoneRedundant: zoneRedundant
   }
 }

@@ -105,6 +105,16 @@ class ToolSettings:
 
 
 @dataclass(frozen=True)
+class TranscriptStore:
+    """Where each call's transcript goes (realtime_proxy/transcripts.py): nowhere unless the owner says `blob`."""
+
+    mode: str = "off"  # off | blob
+    container: str = "transcripts"
+    storage: str | None = field(default=None, repr=False)  # AzureWebJobsStorage connection string
+    endpoint: str | None = None  # identity-based: the account's blob endpoint
+
+
+@dataclass(frozen=True)
 class Settings:
     resource_url: str | None = None
     deployment: str = "gpt-realtime"
@@ -121,6 +131,7 @@ class Settings:
     shared: SharedLimits = SharedLimits()
     supervision: Supervision = Supervision()
     tools: ToolSettings = ToolSettings()
+    transcripts: TranscriptStore = TranscriptStore()
     problems: tuple[str, ...] = ()
 
     @property
@@ -258,6 +269,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         shared=shared,
         supervision=_read_supervision(read, bool(shared.storage or shared.storage_endpoint)),
         tools=_read_tools(read),
+        transcripts=_read_transcripts(read, shared),
         problems=tuple(read.problems),
     )
 
@@ -430,3 +442,31 @@ def _table_name(read: _Reader) -> str:
         read.problems.append("LIMITS_TABLE must be 3-63 letters and digits, starting with a letter")
         return "realtimelimits"
     return name
+
+
+def _read_transcripts(read: _Reader, shared: SharedLimits) -> TranscriptStore:
+    """The blob endpoint as the Functions host reads AzureWebJobsStorage (`__blobServiceUri` or `__accountName`);
+    asking for transcripts without a storage account is a problem named at /connect, not transcripts lost quietly."""
+    mode = read.choice("REALTIME_SERVER_TRANSCRIPTS", "off", ("off", "blob"))
+    endpoint = None
+    if mode == "blob" and not shared.storage:
+        account = read.token("AzureWebJobsStorage__accountName")
+        endpoint = read.token("AzureWebJobsStorage__blobServiceUri") or (
+            f"https://{account}.blob.core.windows.net" if account else None
+        )
+        if endpoint is None:
+            read.problems.append("REALTIME_SERVER_TRANSCRIPTS=blob needs a storage account (AzureWebJobsStorage)")
+            mode = "off"
+    container = read.token("REALTIME_TRANSCRIPTS_CONTAINER", "transcripts") or "transcripts"
+    if not re.fullmatch(r"[a-z0-9](?:[a-z0-9]|-(?!-)){1,61}[a-z0-9]", container):
+        read.problems.append(
+            "REALTIME_TRANSCRIPTS_CONTAINER must be 3-63 lowercase letters, digits and single hyphens, "
+            "starting and ending with a letter or digit"
+        )
+        container = "transcripts"
+    return TranscriptStore(
+        mode=mode,
+        container=container,
+        storage=shared.storage if mode == "blob" else None,
+        endpoint=endpoint if mode == "blob" else None,
+    )

@@ -20,6 +20,8 @@ param maxActiveSessions int
 param supervisorMode string
 param searchEndpoint string
 param searchIndex string
+param serverTranscripts string
+param transcriptRetentionDays int
 param zoneRedundant bool
 
 var appName = 'func-${resourceToken}'
@@ -71,6 +73,36 @@ resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01'
     deleteRetentionPolicy: {
       enabled: true
       days: 7
+    }
+  }
+}
+
+// Transcripts are personal data: kept no longer than transcriptRetentionDays after their last line.
+resource transcriptRetention 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = if (serverTranscripts == 'blob') {
+  parent: storage
+  name: 'default'
+  properties: {
+    policy: {
+      rules: [
+        {
+          name: 'delete-old-transcripts'
+          enabled: true
+          type: 'Lifecycle'
+          definition: {
+            filters: {
+              blobTypes: ['appendBlob']
+              prefixMatch: ['transcripts/']
+            }
+            actions: {
+              baseBlob: {
+                delete: {
+                  daysAfterModificationGreaterThan: transcriptRetentionDays
+                }
+              }
+            }
+          }
+        }
+      ]
     }
   }
 }
@@ -151,6 +183,8 @@ var commonSettings = [
   // search_knowledge: Azure AI Search with the identity when both are set, else the embedded index of knowledge/.
   { name: 'AZURE_SEARCH_ENDPOINT', value: searchEndpoint }
   { name: 'AZURE_SEARCH_INDEX', value: searchIndex }
+  // Call transcripts (off unless asked for) go to the container transcripts in this account: Blob Data Owner below.
+  { name: 'REALTIME_SERVER_TRANSCRIPTS', value: serverTranscripts }
 ]
 
 // With a user-assigned identity every consumer must be told which one: azure-identity (AZURE_CLIENT_ID),
@@ -246,7 +280,8 @@ resource scmCredentials 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@
   }
 }
 
-// Host storage (AzureWebJobsStorage) and the deployment package: the Functions host needs Blob Data Owner.
+// Host storage (AzureWebJobsStorage) and the deployment package: the Functions host needs Blob Data Owner. The
+// app's call transcripts (REALTIME_SERVER_TRANSCRIPTS=blob) use it too: it creates their container and appends.
 resource blobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   scope: storage
   name: guid(storage.id, app.id, storageBlobDataOwner, identityKind)
