@@ -8,9 +8,9 @@ Server-Timing see them alike, and runs on the shared Upstream (credentials, dead
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from .offer import Offer
 from .policy import session_config
@@ -31,13 +31,15 @@ class Exchange(Protocol):
 
 
 class RealtimeCalls:
-    def __init__(self, upstream: Upstream, policy: SessionPolicy) -> None:
+    def __init__(self, upstream: Upstream, policy: SessionPolicy, tools: Sequence[Mapping[str, Any]] = ()) -> None:
+        """`tools`: the server-run tools' declarations, only when a supervisor will be in every call to answer them."""
         self.upstream = upstream
         self.policy = policy
+        self.tools = tools
 
     async def __call__(self, offer: Offer, auth: dict[str, str], deadline: float, stage: Stage) -> Call:
         stage("client_secrets")
-        session = session_config(self.policy, offer)
+        session = session_config(self.policy, offer, self.tools)
         secret = await self.upstream.mint_secret(session, auth, deadline)
         stage("calls")
         return replace(await self.upstream.create_call(offer.sdp, secret), session=session)

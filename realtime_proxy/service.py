@@ -44,6 +44,7 @@ from .telemetry import NO_TELEMETRY, NoTelemetry, Telemetry, telemetry_from_envi
 from .tool_telemetry import NO_TOOL_TELEMETRY, ToolTelemetry
 from .toolcalls import Toolbox
 from .toolkit import REGISTRY, Tool
+from .transcripts import open_transcripts
 from .upstream import Upstream
 
 STATIC_ROOT = Path(__file__).resolve().parent.parent / "static"
@@ -120,7 +121,9 @@ class RealtimeProxy:
             )
             credentials.warm()
             self.upstream = Upstream(settings, credentials, on_answer=telemetry.upstream_answered)
-            realtime = RealtimeCalls(self.upstream, settings.policy)
+            # Tools go into a session only when a supervisor will be in the call to answer them.
+            supervised = settings.supervision.mode != "off"
+            realtime = RealtimeCalls(self.upstream, settings.policy, self.toolbox.declarations() if supervised else ())
             # GPT-Live: whoever attaches to live sessions (the supervisor) sets `self.live.closer` to end them.
             self.live = LiveSessions(self.upstream, settings.policy)
             self.exchanges = {"realtime": realtime, "reasoning": realtime, "live": self.live}
@@ -140,6 +143,8 @@ class RealtimeProxy:
                 settings.supervision,
                 telemetry,
                 settings.policy.turn_detection_choosable,
+                self.toolbox,
+                open_transcripts(settings.transcripts, self.identity),
             )
         self._connect = ConnectHandler(
             settings,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import re
 import secrets
@@ -31,6 +32,8 @@ from .logs import REQUEST_ID, logger
 from .settings import Supervision
 from .sideband import Line, Refused, Sideband
 from .tables import Row, Unavailable
+from .toolcalls import Toolbox
+from .transcripts import NO_TRANSCRIPTS, NoTranscripts, Transcripts
 from .upstream import CALL_ID, Call
 from .usage import Usage
 
@@ -117,6 +120,8 @@ class Supervisor:
         supervision: Supervision,
         meter: Meter,
         turn_detection_choosable: bool,
+        toolbox: Toolbox,
+        transcripts: Transcripts | NoTranscripts = NO_TRANSCRIPTS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.ledger = ledger
@@ -124,6 +129,8 @@ class Supervisor:
         self.supervision = supervision
         self.meter = meter
         self.turn_detection_choosable = turn_detection_choosable
+        self.toolbox = toolbox  # the server-run tools the call's session declares (docs/tools.md)
+        self.transcripts = transcripts
         self.clock = clock
         self.calls: dict[str, SupervisedCall] = {}  # call id -> its supervision, while it runs here
 
@@ -168,6 +175,7 @@ class Supervisor:
             _, late = await asyncio.wait(running, timeout=STOP_SECONDS)
             for task in late:
                 task.cancel()
+        await self.transcripts.aclose()
         await self.sideband.aclose()
 
 
@@ -194,6 +202,11 @@ class SupervisedCall:
         self.end_at = float(str(self.row.props.get("end") or 0))
         self.usage = Usage.loads(self.row.props.get("usage"))
         self.strikes = int(str(self.row.props.get("strikes") or 0))
+        self.tools = self.supervisor.toolbox.for_call(self.call_id)
+        self.transcript = self.supervisor.transcripts.for_call(
+            self.call_id, float(str(self.row.props.get("start") or 0))
+        )
+        self._answering: set[asyncio.Task[None]] = set()  # tool calls being run while events keep coming
 
     @property
     def call_id(self) -> str:
@@ -231,6 +244,7 @@ class SupervisedCall:
                 log.warning(
                     "call %s: the sideband dropped (code %s); attaching again", self.call_id, self.line.close_code
                 )
+        await self.settle()
         await self._flush(release=True)  # a redelivery may take the call over at once
         if self._shutdown:
             raise Interrupted(f"call {self.call_id}: this instance is shutting down; the call goes to another")
@@ -250,6 +264,7 @@ class SupervisedCall:
 
     async def _on(self, line: Line, event: dict[str, Any]) -> None:
         kind = event["type"]
+        self.transcript.observe(event)
         if kind == "session.updated":
             await self._check(line, event.get("session"))
         elif kind == "response.done":
@@ -257,6 +272,9 @@ class SupervisedCall:
             added = self.usage.add(response.get("usage") if isinstance(response, dict) else None)
             if added:
                 self.supervisor.meter.tokens(added, self.model, str(self.row.props.get("client") or ""))
+            task = asyncio.ensure_future(self._answer_tools(event))
+            self._answering.add(task)
+            task.add_done_callback(self._answering.discard)
         elif kind == "error":
             error = event.get("error")
             code = error.get("code") if isinstance(error, dict) else None
@@ -307,6 +325,19 @@ class SupervisedCall:
                 wake = min(wake, self.end_at - warning)
             await asyncio.sleep(max(0.0, wake - self.supervisor.clock()))
 
+    async def _answer_tools(self, event: dict[str, Any]) -> None:
+        """Runs the function calls a response made, beside the event stream, and answers them on the sideband
+        (several calls: each output, then one `response.create`)."""
+        answers = await self.tools.answer(event)
+        line = self.line
+        try:
+            for answer in answers:
+                if line is None or line.closed:
+                    raise ConnectionError("the sideband closed")
+                await line.send(answer)
+        except (ConnectionError, RuntimeError) as error:
+            log.warning("call %s: tool outputs not delivered (%s)", self.call_id, error)
+
     async def _end(self, reason: str) -> None:
         self.ended_by = reason
         try:
@@ -319,7 +350,11 @@ class SupervisedCall:
     async def _flush(self, release: bool = False) -> bool:
         """Renews (or gives up) the lease with the usage and strikes so far; False when the lease is someone
         else's now."""
-        facts: dict[str, object] = {"usage": self.usage.dumps(), "strikes": self.strikes}
+        facts: dict[str, object] = {
+            "usage": self.usage.dumps(),
+            "strikes": self.strikes,
+            "tools": json.dumps(dataclasses.asdict(self.tools.stats), separators=(",", ":")),
+        }
         if release:
             facts["supervisedAt"] = 0
         try:
@@ -331,6 +366,7 @@ class SupervisedCall:
     async def _over(self) -> None:
         """The call ended: its usage recorded and, if nobody has closed its row yet, its slot freed now."""
         reason = self.ended_by or ("service" if self.expired else "gone")
+        await self.settle()
         await self._flush()
         try:
             await self.supervisor.ledger.over(self.assignment.ledger_id, reason)
@@ -345,6 +381,13 @@ class SupervisedCall:
             counts["outputTokens"],
             self.strikes,
         )
+
+    async def settle(self) -> None:
+        """What runs beside the events is finished: tool calls (pointless once the call is over) and the
+        transcript's last lines."""
+        for task in list(self._answering):
+            task.cancel()
+        await self.transcript.close()
 
     async def stop(self) -> None:
         """The instance is shutting down: leave the call, not end it (a redelivery takes it over)."""

@@ -315,3 +315,35 @@ def test_supervision_is_off_without_storage_and_connect_sends_nothing(fake: Fake
 def test_asking_for_supervision_without_storage_is_not_configured(fake: FakeAzureOpenAI) -> None:
     app = make_proxy(fake, REALTIME_SUPERVISOR="enforce")
     assert "REALTIME_SUPERVISOR=enforce needs a storage account" in error_of(app.connect(offer_request()))["message"]
+
+
+def test_the_server_runs_the_tools_the_model_calls_and_answers_them_together(
+    app: Driven, fake: FakeAzureOpenAI
+) -> None:
+    supervised = connect(app, fake)
+    call = supervised.call
+    assert [tool["name"] for tool in call.session["tools"]] == ["get_current_time", "search_knowledge"]
+    assert call.session["tool_choice"] == "auto", "declared because a supervisor is in the call to answer"
+    ids = call.call_tools(
+        [("get_current_time", '{"timezone": "Europe/Paris"}'), ("search_knowledge", '{"query": "deploy"}')]
+    )
+    call.wait_received(lambda event: event["type"] == "response.create")
+    outputs = {
+        event["item"]["call_id"]: json.loads(event["item"]["output"])
+        for event in call.received
+        if event["type"] == "conversation.item.create" and event["item"]["type"] == "function_call_output"
+    }
+    assert set(outputs) == set(ids)
+    assert "+01:00" in outputs[ids[0]]["time"] or "+02:00" in outputs[ids[0]]["time"]
+    assert any(hit["path"] == "deploying.md" for hit in outputs[ids[1]]["hits"])
+    assert [event["type"] for event in call.received][-1] == "response.create", "one response for both outputs"
+    call.end()
+    supervised.done()
+    assert json.loads(supervised.row()["tools"])["calls"] == 2
+
+
+def test_without_a_supervisor_no_tools_are_declared(fake: FakeAzureOpenAI, azurite: Storage) -> None:
+    app = supervised_app(fake, azurite, REALTIME_SUPERVISOR="off")
+    assert app.connect(offer_request()).status_code == 201
+    session = next(iter(fake.secrets.values()))["session"]
+    assert session["tools"] == [] and "tool_choice" not in session
