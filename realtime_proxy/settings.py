@@ -250,6 +250,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         except ValueError as exc:
             read.problems.append(f"AZURE_OPENAI_BASE_URL {exc}")
     shared = _read_shared(read)
+    supervision = _read_supervision(read, bool(shared.storage or shared.storage_endpoint))
+    transcripts = _read_transcripts(read, shared)
+    if transcripts.mode != "off" and supervision.mode == "off":
+        read.problems.append(
+            "REALTIME_SERVER_TRANSCRIPTS=blob needs a supervisor (REALTIME_SUPERVISOR observe or enforce)"
+        )
     deployment = read.token("AZURE_OPENAI_DEPLOYMENT", "gpt-realtime") or "gpt-realtime"
     deployments = _read_deployments(read, deployment)
     names = [d.name for d in deployments]
@@ -267,9 +273,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         policy=_read_policy(read),
         limits=_read_limits(read),
         shared=shared,
-        supervision=_read_supervision(read, bool(shared.storage or shared.storage_endpoint)),
+        supervision=supervision,
         tools=_read_tools(read),
-        transcripts=_read_transcripts(read, shared),
+        transcripts=transcripts,
         problems=tuple(read.problems),
     )
 

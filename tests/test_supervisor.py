@@ -21,6 +21,7 @@ from realtime_proxy.ledger import LEASE_SECONDS
 from realtime_proxy.supervisor import Interrupted
 from tests.azurite import Storage
 from tests.conftest import Driven, error_of, in_flight, make_proxy, offer_request, request
+from tests.contract import check
 
 SESSION_LIMIT = 12  # seconds: REALTIME_MAX_SESSION_SECONDS is at least 10
 
@@ -172,6 +173,7 @@ def test_usage_is_summed_per_call_and_reported_to_the_operator(app: Driven, fake
     response = in_flight(
         app.proxy.operator_calls(request(method="GET", params={"since": "2020-01-01T00:00:00Z"}))
     ).result()
+    check("/operator/calls", "GET", 200, response.mimetype, response.get_body())
     [reported] = json.loads(response.get_body())["calls"]
     assert reported["callId"] == supervised.call_id
     assert reported["endReason"] == "gone" and reported["endedAt"]
@@ -347,3 +349,9 @@ def test_without_a_supervisor_no_tools_are_declared(fake: FakeAzureOpenAI, azuri
     assert app.connect(offer_request()).status_code == 201
     session = next(iter(fake.secrets.values()))["session"]
     assert session["tools"] == [] and "tool_choice" not in session
+
+
+def test_the_calls_report_refuses_a_since_that_is_not_a_time(app: Driven) -> None:
+    for since in ("yesterday", "2026-13-01", "9" * 100):
+        response = in_flight(app.proxy.operator_calls(request(method="GET", params={"since": since}))).result()
+        assert error_of(response, "/operator/calls", "GET")["code"] == "bad_request"
