@@ -19,6 +19,7 @@ from localdev.fake_call import FakeCall
 from localdev.fake_openai import FakeAzureOpenAI, Fault
 from realtime_proxy.ledger import LEASE_SECONDS
 from realtime_proxy.supervisor import Interrupted
+from realtime_proxy.tables import Unavailable
 from tests.azurite import Storage
 from tests.conftest import Driven, error_of, in_flight, make_proxy, offer_request, request
 from tests.contract import check
@@ -355,3 +356,32 @@ def test_the_calls_report_refuses_a_since_that_is_not_a_time(app: Driven) -> Non
     for since in ("yesterday", "2026-13-01", "9" * 100):
         response = in_flight(app.proxy.operator_calls(request(method="GET", params={"since": since}))).result()
         assert error_of(response, "/operator/calls", "GET")["code"] == "bad_request"
+
+
+def test_a_call_that_ended_while_the_supervisor_attached_frees_its_slot(app: Driven, fake: FakeAzureOpenAI) -> None:
+    fake.fail_next("sideband", Fault(404))
+    binding = Binding()
+    assert in_flight(app.proxy.connect(offer_request(), binding)).result().status_code == 201
+    assert binding.value
+    in_flight(app.proxy.supervise(binding.value.encode())).result(timeout=10)
+    [row] = in_flight(app.ledger.table.rows("call-")).result()
+    assert (row.props["status"], row.props["reason"]) == ("ended", "gone")
+    assert app.connect(offer_request()).status_code == 201, "its slot is free"
+
+
+def test_storage_down_when_the_message_arrives_fails_the_run_so_the_host_delivers_it_again(
+    app: Driven, fake: FakeAzureOpenAI, azurite: Storage, caplog: pytest.LogCaptureFixture
+) -> None:
+    binding = Binding()
+    assert in_flight(app.proxy.connect(offer_request(), binding)).result().status_code == 201
+    assert binding.value
+    call_id = json.loads(binding.value)["call"]
+    azurite.azurite.stop()
+    with pytest.raises(Unavailable):
+        in_flight(app.proxy.supervise(binding.value.encode())).result(timeout=30)
+    assert f"call {call_id}: storage unavailable" in caplog.text and "the message is retried" in caplog.text
+    azurite.azurite.start()
+    again = in_flight(app.proxy.supervise(binding.value.encode()))  # the host's next delivery
+    fake.call(call_id).wait_attached(1, timeout=30)
+    fake.call(call_id).end()
+    again.result(timeout=10)
