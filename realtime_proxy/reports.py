@@ -6,6 +6,7 @@ so that is as far back as this looks; Application Insights keeps the metrics lon
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, datetime
 from typing import Any
@@ -54,8 +55,19 @@ class CallReport:
             "endReason": (props.get("reason") if props.get("reason") in REASONS else "gone") if over else None,
             "strikes": int(str(props.get("strikes") or 0)),
             "usage": usage.public(),
+            "toolCalls": _tool_calls(props.get("tools")),
             "costEstimate": usage.cost(self.prices.get(model or "")),
         }
+
+
+def _tool_calls(stored: object) -> int:
+    """How many function calls the model made in the call (the supervisor's tool counters)."""
+    try:
+        stats = json.loads(str(stored)) if stored else {}
+    except ValueError:
+        return 0
+    calls = stats.get("calls") if isinstance(stats, dict) else 0
+    return calls if isinstance(calls, int) and calls >= 0 else 0
 
 
 def _since(raw: str | None, now: float) -> float:

@@ -343,6 +343,9 @@ def test_the_server_runs_the_tools_the_model_calls_and_answers_them_together(
     call.end()
     supervised.done()
     assert json.loads(supervised.row()["tools"])["calls"] == 2
+    response = in_flight(app.proxy.operator_calls(request(method="GET"))).result()
+    check("/operator/calls", "GET", 200, response.mimetype, response.get_body())
+    assert json.loads(response.get_body())["calls"][0]["toolCalls"] == 2
 
 
 def test_without_a_supervisor_no_tools_are_declared(fake: FakeAzureOpenAI, azurite: Storage) -> None:
