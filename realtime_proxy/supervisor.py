@@ -42,7 +42,7 @@ HEARTBEAT_SECONDS = 30.0  # lease renewal and usage flush; the lease lasts ledge
 REATTACH_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)  # seconds between attempts after a refused or dropped sideband
 MAX_MESSAGE_BYTES = 1024
 SUPERVISED_KINDS = ("realtime", "reasoning")
-STOP_SECONDS = 2.0  # at shutdown, how long a supervision has to leave its call before it is cancelled
+STOP_SECONDS = 5.0  # at shutdown, how long a supervision has to leave its call before it is cancelled
 NORMAL_CLOSE = 1000  # the service closes the sideband this way when the call ends
 _LEDGER_ID = re.compile(r"[0-9a-f]{16}")
 
@@ -238,6 +238,9 @@ class SupervisedCall:
                 await asyncio.sleep(wait)
                 continue
             retries = iter(REATTACH_BACKOFF)
+            if self._stopping:  # the instance began shutting down while this attach was under way
+                await self.line.close()
+                break
             if await self._attached(self.line) and not self._stopping:
                 return await self._over()
             if not self._stopping:
