@@ -192,6 +192,7 @@ class SupervisedCall:
     expired: bool = False  # the service said the session expired before the sideband closed
     warned: bool = False
     line: Line | None = None
+    _ending: asyncio.Task[None] | None = None  # this supervisor's end of the call, finished even if the line closes
     _stopping: bool = False  # leaving the call without ending it (shutdown, or the lease went elsewhere)
     _shutdown: bool = False
 
@@ -339,7 +340,13 @@ class SupervisedCall:
             log.warning("call %s: tool outputs not delivered (%s)", self.call_id, error)
 
     async def _end(self, reason: str) -> None:
+        """Ends the call through the ledger. Hanging up closes the sideband, which cancels the clock that may be
+        running this: the end is a task of its own, so the row is still closed and the slot freed."""
         self.ended_by = reason
+        self._ending = asyncio.ensure_future(self._end_call(reason))
+        await asyncio.shield(self._ending)
+
+    async def _end_call(self, reason: str) -> None:
         try:
             await self.supervisor.ledger.end(self.assignment.ledger_id, reason)
         except Exception as error:  # ApiError or Unavailable: the row stays claimed and the sweep retries
@@ -366,6 +373,8 @@ class SupervisedCall:
     async def _over(self) -> None:
         """The call ended: its usage recorded and, if nobody has closed its row yet, its slot freed now."""
         reason = self.ended_by or ("service" if self.expired else "gone")
+        if self._ending is not None:
+            await self._ending
         await self.settle()
         await self._flush()
         try:
