@@ -1,10 +1,12 @@
 """One live call as the fake service holds it: its session and the sideband WebSockets attached to it.
 
-Tests drive it as the model would (`respond`, `call_tools`, `browser_update`, `end`, ...) and observe what the
-sidebands sent (`received`, `wait_received`). Events a sideband sends are handled as the service does
-(shared/docs/realtime-api.md §5): by this class when the fake answers offers with a canned SDP, or by the emulator's
-conversation when a real WebRTC peer holds the call (`peer` is then set and every server event it sends is
-mirrored here). Thread-safe: sockets, the emulator's loop and tests call in from their own threads.
+`FakeSession` is what every kind of call shares (the sockets, the record of what they sent, the end); `FakeCall` is
+a realtime call, `fake_live.LiveCall` a GPT-Live session. Tests drive it as the model would (`respond`, `call_tools`,
+`browser_update`, `end`, ...) and observe what the sidebands sent (`received`, `wait_received`). Events a sideband
+sends are handled as the service does (shared/docs/realtime-api.md §5, §6): by these classes when the fake answers
+offers with a canned SDP, or by the emulator's conversation when a real WebRTC peer holds the call (`peer` is then
+set and every server event it sends is mirrored here). Thread-safe: sockets, the emulator's loop and tests call in
+from their own threads.
 """
 
 from __future__ import annotations
@@ -46,8 +48,10 @@ def usage_for(transcript: str) -> dict[str, Any]:
     }
 
 
-class FakeCall:
-    def __init__(self, call_id: str, session: dict, on_end: Callable[[FakeCall, str], None]) -> None:
+class FakeSession:
+    """A call's sockets and end, whatever its kind; subclasses say how it handles what a sideband sends."""
+
+    def __init__(self, call_id: str, session: dict, on_end: Callable[[FakeSession, str], None]) -> None:
         self.call_id = call_id
         self.session = session  # the whole effective session, as the last session.created/updated carried it
         self.received: list[dict] = []  # well-formed events the sidebands sent, in order
@@ -60,9 +64,6 @@ class FakeCall:
         self._on_end = on_end  # the fake marks the call ended and ends its media
         self._sidebands: list[Sideband] = []
         self._changed = threading.Condition()
-        self._tool_loop: tuple[str, str] | None = None
-        self._last_item_id: str | None = None
-        self._streaming: threading.Event | None = None
 
     # -- observation ------------------------------------------------------------------------------
 
@@ -126,16 +127,15 @@ class FakeCall:
         if self.peer is not None:
             self.peer(json.dumps(event))
             return
-        handlers: dict[str, Callable[[dict], None]] = {
-            "session.update": self._on_session_update,
-            "conversation.item.create": self._on_item_create,
-            "response.create": self._on_response_create,
-        }
-        handler = handlers.get(event["type"])
+        handler = self.handlers().get(event["type"])
         if handler is None:
             self._error("unknown_event", f"Unsupported event type '{event['type']}'.", event, "type")
         else:
             handler(event)
+
+    def handlers(self) -> dict[str, Callable[[dict], None]]:
+        """The client events this kind of call takes from a sideband, by type (when no emulated peer holds it)."""
+        return {}
 
     # -- what the service sends -------------------------------------------------------------------
 
@@ -156,6 +156,70 @@ class FakeCall:
             sidebands = list(self._sidebands)
         for sideband in sidebands:
             sideband.send(text)
+
+    def end(self, reason: str = "hangup") -> None:
+        """The call ends (its media too): the service's last words first (`_last_words`); every sideband is then
+        closed normally and later attaches are refused with 404. Idempotent."""
+        with self._changed:
+            if self.ended:
+                return
+            self.ended, self.end_reason = True, reason
+            self._changed.notify_all()
+        if self.peer is None:  # an emulated peer says so itself
+            self._last_words(reason)
+        self._on_end(self, reason)
+        with self._changed:
+            sidebands, self._sidebands = self._sidebands, []
+            self._changed.notify_all()
+        for sideband in sidebands:
+            sideband.close(1000, reason)
+
+    def close_sidebands(self, code: int = 1001) -> None:
+        """The service going away (the fake shuts down): sidebands close, the call itself is left as it is."""
+        with self._changed:
+            sidebands, self._sidebands = self._sidebands, []
+        for sideband in sidebands:
+            sideband.close(code, "going away")
+
+    def _last_words(self, reason: str) -> None:
+        """What the service says on the sidebands as the call ends for `reason`, before closing them."""
+
+    def _error(self, code: str, message: str, event: dict | None = None, param: str | None = None) -> None:
+        client_event_id = event.get("event_id") if event else None
+        error = {
+            "type": "invalid_request_error",
+            "code": code,
+            "message": message,
+            "param": param,
+            "event_id": client_event_id,
+        }
+        self.emit({"type": "error", "error": error})
+
+
+class FakeCall(FakeSession):
+    """A realtime call (§5): session updates, items and responses, as the canned service answers them."""
+
+    def __init__(self, call_id: str, session: dict, on_end: Callable[[FakeSession, str], None]) -> None:
+        super().__init__(call_id, session, on_end)
+        self._tool_loop: tuple[str, str] | None = None
+        self._last_item_id: str | None = None
+        self._streaming: threading.Event | None = None
+
+    def handlers(self) -> dict[str, Callable[[dict], None]]:
+        return {
+            "session.update": self._on_session_update,
+            "conversation.item.create": self._on_item_create,
+            "response.create": self._on_response_create,
+        }
+
+    def end(self, reason: str = "hangup") -> None:
+        self.stop_stream()
+        super().end(reason)
+
+    def _last_words(self, reason: str) -> None:
+        """`session_expired` says so in an `error` event."""
+        if reason == "session_expired":
+            self._error("session_expired", SESSION_EXPIRED)
 
     def browser_update(self, session_patch: dict) -> None:
         """As if the browser sent `session.update` with this patch (`type: realtime` added): the whole session
@@ -238,31 +302,6 @@ class FakeCall:
         if self._streaming is not None:
             self._streaming.set()
 
-    def end(self, reason: str = "hangup") -> None:
-        """The call ends (its media too): `session_expired` first says so in an `error` event; every sideband is
-        then closed normally and later attaches are refused with 404. Idempotent."""
-        with self._changed:
-            if self.ended:
-                return
-            self.ended, self.end_reason = True, reason
-            self._changed.notify_all()
-        self.stop_stream()
-        if reason == "session_expired" and self.peer is None:  # the emulator's peer says so itself
-            self._error("session_expired", SESSION_EXPIRED)
-        self._on_end(self, reason)
-        with self._changed:
-            sidebands, self._sidebands = self._sidebands, []
-            self._changed.notify_all()
-        for sideband in sidebands:
-            sideband.close(1000, reason)
-
-    def close_sidebands(self, code: int = 1001) -> None:
-        """The service going away (the fake shuts down): sidebands close, the call itself is left as it is."""
-        with self._changed:
-            sidebands, self._sidebands = self._sidebands, []
-        for sideband in sidebands:
-            sideband.close(code, "going away")
-
     # -- handlers for the canned call -------------------------------------------------------------
 
     def _on_session_update(self, event: dict) -> None:
@@ -288,17 +327,6 @@ class FakeCall:
             self.call_tools([self._tool_loop])
         else:
             self.respond()
-
-    def _error(self, code: str, message: str, event: dict | None = None, param: str | None = None) -> None:
-        client_event_id = event.get("event_id") if event else None
-        error = {
-            "type": "invalid_request_error",
-            "code": code,
-            "message": message,
-            "param": param,
-            "event_id": client_event_id,
-        }
-        self.emit({"type": "error", "error": error})
 
     def _output_item_added(self, response_id: str, index: int, item: dict) -> None:
         previous, self._last_item_id = self._last_item_id, item["id"]

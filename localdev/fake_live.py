@@ -1,15 +1,30 @@
-"""What the GPT-Live session endpoint (`POST /openai/v1/live/sessions`, realtime-api.md §6) accepts, field by field.
+"""GPT-Live as the fake holds it (realtime-api.md §6): what `POST /openai/v1/live/sessions` accepts, field by field,
+and a session's state for its attach socket (`GET …/live/sessions/{id}/attach`).
 
 The service is strict (unknown fields are refused) and a live session's model, instructions and voice are
-immutable, so a broker must send exactly this shape; the fake refuses everything else with the service's 400.
+immutable, so a broker must send exactly this shape; the fake refuses everything else with the service's 400. The
+rules for what an attached server (or the browser) sends are shared with the emulator's GPT-Live mode.
+
+`session.closed` carries the session's cumulative `usage`; its shape is not documented, so the fake reports it in
+the realtime `response.usage` shape (§5, token counts), which is what the app reads. Its `reason` values besides
+`close_requested` are this fake's labels too (the page knows the same ones).
 """
 
 from __future__ import annotations
 
-from .service_rules import VOICES, ServiceError, only
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .fake_call import FakeSession, usage_for
+from .service_rules import VOICES, ServiceError, merged, only
 
 SESSION_KEYS = {"model", "instructions", "audio", "delegation"}
 RESPONSES_KEYS = {"model", "instructions", "tools", "tool_choice"}
+APPENDS = ("session.instructions.append", "session.thinking.append", "session.commentary.append")
+MAX_APPEND_CHARS = 2000  # about 500 tokens, the documented bound on appended context
+# How a session ended (FakeSession.end's reasons) as `session.closed` says it.
+CLOSED_REASONS = {"session_expired": "expired", "hangup": "remote_hangup", "gone": "connection_lost"}
 
 
 def check_live_request(payload: object) -> tuple[dict, str]:
@@ -60,3 +75,86 @@ def check_live_session(session: object) -> None:
         "session.delegation must be {'type': 'client'} or {'type': 'responses', 'responses': {…}}.",
         "session.delegation",
     )
+
+
+def check_live_update(update: object) -> None:
+    """A `session.update` on a started session: model, instructions and voice are immutable; only `delegation`
+    (its `responses` settings) may change."""
+    if not isinstance(update, dict):
+        raise ServiceError(400, "missing_required_parameter", "Missing required parameter: 'session'.", "session")
+    fixed = next((key for key in update if key != "delegation"), None)
+    if fixed is not None:
+        message = f"session.{fixed} cannot be changed once a GPT-Live session has started."
+        raise ServiceError(400, "immutable_parameter", message, f"session.{fixed}")
+
+
+def check_append(event: dict) -> str:
+    """The content of a `session.{instructions,thinking,commentary}.append`, or ServiceError."""
+    content, delegation = event.get("content"), event.get("delegation_id", "missing")
+    if not isinstance(content, str) or not content.strip() or len(content) > MAX_APPEND_CHARS:
+        raise ServiceError(400, "invalid_value", "content must be text of at most 500 tokens.", "content")
+    if delegation is not None and not isinstance(delegation, str):
+        raise ServiceError(400, "invalid_value", "delegation_id must be a delegation's id or null.", "delegation_id")
+    return content
+
+
+def summed(total: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+    """Usage objects added field by field (nested details too): a session's cumulative usage."""
+    out = dict(total)
+    for key, value in more.items():
+        if isinstance(value, dict):
+            out[key] = summed(out.get(key) or {}, value)
+        elif isinstance(value, int):
+            out[key] = out.get(key, 0) + value
+    return out
+
+
+class LiveCall(FakeSession):
+    """One GPT-Live session: full duplex, so no items and no responses; timed transcript fragments, appended
+    context acknowledged, and `session.close` ending it with `session.closed` (reason and cumulative usage)."""
+
+    def __init__(self, session_id: str, session: dict, on_end: Callable[[FakeSession, str], None]) -> None:
+        super().__init__(session_id, {**session, "id": session_id, "object": "live.session"}, on_end)
+        self.usage: dict[str, Any] = {}  # cumulative, as `session.closed` reports it
+        self._started = time.monotonic()
+
+    def handlers(self) -> dict[str, Callable[[dict], None]]:
+        return {
+            "session.close": lambda event: self.end("close_requested"),
+            "session.update": self._on_update,
+            **dict.fromkeys(APPENDS, self._on_append),
+        }
+
+    def hear(self, text: str) -> None:
+        """The user's words, as one `session.input_transcript.delta` fragment."""
+        self._fragment("session.input_transcript.delta", text)
+
+    def say(self, text: str) -> None:
+        """The assistant's words, a fragment per word; what they cost joins the session's usage."""
+        for index, word in enumerate(text.split(" ")):
+            self._fragment("session.output_transcript.delta", word if index == 0 else f" {word}")
+        self.usage = summed(self.usage, usage_for(text))
+
+    def _fragment(self, kind: str, delta: str) -> None:
+        now = int((time.monotonic() - self._started) * 1000)
+        self.emit({"type": kind, "delta": delta, "start_ms": now, "end_ms": now + 40 * len(delta)})
+
+    def _last_words(self, reason: str) -> None:
+        self.emit({"type": "session.closed", "reason": CLOSED_REASONS.get(reason, reason), "usage": self.usage})
+
+    def _on_update(self, event: dict) -> None:
+        try:
+            check_live_update(event.get("session"))
+        except ServiceError as problem:
+            self._error(problem.code, problem.message, event, problem.param)
+            return
+        self.session = merged(self.session, event["session"])
+        self.emit({"type": "session.updated", "client_event_id": event.get("event_id"), "session": self.session})
+
+    def _on_append(self, event: dict) -> None:
+        try:
+            check_append(event)
+        except ServiceError as problem:
+            self._error(problem.code, problem.message, event, problem.param)
+            return
+        self.emit({"type": event["type"].removesuffix("append") + "appended", "client_event_id": event.get("event_id")})

@@ -6,12 +6,15 @@ voices, beta-era fields, content types, SDP, which deployments reason and which 
 app's requests are proven correct, not just sent. GPT-Live's strict session endpoint is `fake_live`. Offers are
 answered by a pluggable answerer: a canned SDP for HTTP tests, a real WebRTC peer for the emulator.
 Each call then has a `FakeCall` (`fake.call(id)`), which a server may join over the sideband WebSocket
-(`GET /openai/v1/realtime?call_id=`, realtime-api.md §4-§5) on the same port as the HTTP endpoints.
+(`GET /openai/v1/realtime?call_id=`, realtime-api.md §4-§5) on the same port as the HTTP endpoints; each GPT-Live
+session a `LiveCall` (`fake.live_call(id)`), joined at `GET /openai/v1/live/sessions/{id}/attach` (§6) with the
+same checks and refusals.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import socket
 import struct
@@ -24,8 +27,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
-from .fake_call import FakeCall
-from .fake_live import check_live_request
+from .fake_call import FakeCall, FakeSession
+from .fake_live import LiveCall, check_live_request
 from .service_rules import ServiceError, check_session_fields, effective_session, only
 from .sideband import SidebandSocket, accept_token
 
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
 
 Answerer = Callable[[str, dict, str], str]  # (offer, session, call id) -> answer SDP
 Hangup = Callable[[str], object]  # ends the call's media and data channel (the emulator's peer)
+LIVE_ATTACH = re.compile(r"/openai/v1/live/sessions/([^/]+)/attach")
 
 
 @dataclass
@@ -104,10 +108,11 @@ class FakeAzureOpenAI:
             "hangup": [],
             "sideband": [],
             "live_sessions": [],
+            "attach": [],
         }
         self._lock = threading.Lock()
         self._calls = threading.Condition(self._lock)  # notified when a call is created
-        self._call_objects: dict[str, FakeCall] = {}
+        self._call_objects: dict[str, FakeSession] = {}  # realtime calls and GPT-Live sessions, by id
         self.host = host
         self.server = LoopbackServer((host, port), _handler_for(self))
         self.thread = threading.Thread(
@@ -134,7 +139,18 @@ class FakeAzureOpenAI:
                 queue.clear()
 
     def call(self, call_id: str, timeout: float = 5.0) -> FakeCall:
-        """The call with this id, waiting until it exists; TimeoutError if it never does."""
+        """The realtime call with this id, waiting until it exists; TimeoutError if it never does."""
+        call = self._session(call_id, timeout)
+        assert isinstance(call, FakeCall), f"{call_id} is a GPT-Live session"
+        return call
+
+    def live_call(self, session_id: str, timeout: float = 5.0) -> LiveCall:
+        """The GPT-Live session with this id, waiting until it exists; TimeoutError if it never does."""
+        call = self._session(session_id, timeout)
+        assert isinstance(call, LiveCall), f"{session_id} is a realtime call"
+        return call
+
+    def _session(self, call_id: str, timeout: float) -> FakeSession:
         with self._calls:
             if not self._calls.wait_for(lambda: call_id in self._call_objects, timeout):
                 raise TimeoutError(f"no call {call_id} within {timeout} s")
@@ -192,11 +208,21 @@ class FakeAzureOpenAI:
             raise ServiceError(400, "missing_required_parameter", "Missing required parameter: 'call_id'.", "call_id")
         with self._lock:
             call = self._call_objects.get(call_id)
-        if call is None or call.ended:
+        if not isinstance(call, FakeCall) or call.ended:
             raise ServiceError(404, "call_not_found", f"No live call with id '{call_id}'.")
         return call
 
-    def _ended(self, call: FakeCall, reason: str) -> None:
+    def live_attach(self, headers: dict[str, str], query: dict[str, list[str]], session_id: str) -> LiveCall:
+        """The GPT-Live session an attach upgrade names (§6), checked as the realtime sideband is."""
+        self._check_ga(headers, query)
+        self._authenticate(headers)
+        with self._lock:
+            call = self._call_objects.get(session_id)
+        if not isinstance(call, LiveCall) or call.ended:
+            raise ServiceError(404, "session_not_found", f"No live session with id '{session_id}'.")
+        return call
+
+    def _ended(self, call: FakeSession, reason: str) -> None:
         """A call ended (hang-up, the session limit, the browser gone): its media ends too."""
         with self._lock:
             self.calls[call.call_id] = "ended"
@@ -246,8 +272,14 @@ class FakeAzureOpenAI:
             answer = self.live_answerer(offer, session, session_id)
         except ValueError as exc:
             raise ServiceError(400, "invalid_offer", f"The SDP offer could not be applied: {exc}") from None
+        call = LiveCall(session_id, session, self._ended)
         with self._lock:
             self.live_sessions[session_id] = session
+            self.calls[session_id] = "live"
+            self._call_objects[session_id] = call
+            self._calls.notify_all()
+        if self.peers is not None:
+            self.peers.bind(call)
         created = {"session": {**session, "id": session_id, "object": "live.session"}, "transport": {"sdp": answer}}
         return self.live_status, {"Content-Type": "application/json"}, json.dumps(created).encode()
 
@@ -371,9 +403,10 @@ def _handler_for(fake: FakeAzureOpenAI) -> type[BaseHTTPRequestHandler]:
             self._send(status, {**out_headers, **fault.headers}, out, fault)
 
         def do_GET(self) -> None:
-            """The sideband (realtime-api.md §5): refusals are plain HTTP answers before the upgrade."""
+            """The sidebands (realtime-api.md §5, §6): refusals are plain HTTP answers before the upgrade."""
             parts = urlsplit(self.path)
-            if parts.path.rstrip("/") != "/openai/v1/realtime":
+            live = LIVE_ATTACH.fullmatch(parts.path)
+            if parts.path.rstrip("/") != "/openai/v1/realtime" and live is None:
                 self._send(
                     404,
                     {"Content-Type": "application/json"},
@@ -381,15 +414,16 @@ def _handler_for(fake: FakeAzureOpenAI) -> type[BaseHTTPRequestHandler]:
                     Fault(),
                 )
                 return
+            endpoint = "attach" if live else "sideband"
             headers = {k.lower(): v for k, v in self.headers.items()}
             query = parse_qs(parts.query)
             with fake._lock:
-                fake.requests.append(Recorded("sideband", headers, b"", query))
-            fault = fake._take_fault("sideband") or Fault(status=None)
+                fake.requests.append(Recorded(endpoint, headers, b"", query))
+            fault = fake._take_fault(endpoint) or Fault(status=None)
             if self._fault(replace(fault, drop=False), headers):
                 return
             try:
-                call = fake.sideband_call(headers, query)
+                call = fake.live_attach(headers, query, live.group(1)) if live else fake.sideband_call(headers, query)
                 if headers.get("upgrade", "").lower() != "websocket" or headers.get("sec-websocket-version") != "13":
                     raise ServiceError(400, "websocket_required", "This endpoint takes a WebSocket upgrade only.")
                 key = headers.get("sec-websocket-key", "")

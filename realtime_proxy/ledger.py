@@ -163,7 +163,7 @@ class Ledger:
             return
         try:
             async with asyncio.timeout_at(deadline):
-                await self.hangup(call_id, _kind(ticket.who))
+                await self.hangup(call_id, call_kind(ticket.who))
             return
         except (ApiError, TimeoutError):
             log.error("call %s: could not hang it up yet; this instance retries until it ends", call_id)
@@ -258,7 +258,7 @@ class Ledger:
         call_id = str(row.props.get("call") or "")
         try:
             if call_id:
-                await self.hangup(call_id, _kind(row.props))
+                await self.hangup(call_id, call_kind(row.props))
         except ApiError as error:
             log.warning("hang-up of %s failed (%s); it is retried", call_id, error.code)
             raise
@@ -524,7 +524,7 @@ def _number(value: object) -> float:
     return float(value) if isinstance(value, (int, float, str)) and value != "" else 0.0
 
 
-def _kind(props: dict[str, object]) -> str:
+def call_kind(props: dict[str, object]) -> str:
     """A row written before calls had kinds is a realtime call."""
     return str(props.get("kind") or "realtime")
 

@@ -5,16 +5,18 @@
 200 or 201 with JSON `{"session": {"id"}, "transport": {"sdp"}}`; any other shape is a 502 the caller can read,
 never relayed, and `/connect` frees the session slot as for a failed `/calls`.
 
-Ending a session from the server: GPT-Live documents no HTTP hang-up. Its graceful end is `session.close` on the
-session's attach socket (`…/live/sessions/{id}/attach`), answered by `session.closed` with the final usage, which is
-the supervisor's to send. `LiveSessions.closer` is that seam: until something sets it, `end` can only note that the
-session is left to end when the browser leaves it (the caller's End closes the browser's connection first) or at
-the service's own limit.
+Ending a session from the server (the caller's End, the session length, the kill switch, the sweep): GPT-Live
+documents no HTTP hang-up. Its graceful end is `session.close` on the session's attach socket
+(`…/live/sessions/{id}/attach`), answered by `session.closed` with the final usage. `LiveCloser` sends it on the
+socket of the supervisor holding the session on this instance, or else on one it opens just for that, so any
+instance can end any session; a session the service no longer knows (404 on attach) is already over.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from .errors import ApiError
 from .exchange import Stage
@@ -22,14 +24,64 @@ from .logs import logger
 from .offer import Offer
 from .policy import live_session_config
 from .settings import SessionPolicy
+from .sideband import NORMAL_CLOSE, Refused, Sideband
 from .upstream import CALL_ID, Answer, Call, Upstream, said
 
 log = logger(__name__)
 Closer = Callable[[str], Awaitable[None]]  # sends `session.close` to the session with this id and awaits its end
 
 
+class Holder(Protocol):
+    """Whoever may hold a session's socket on this instance (the supervisor)."""
+
+    async def close_live(self, session_id: str) -> bool: ...
+
+
+class LiveCloser:
+    """Ends a GPT-Live session: through the supervisor holding it here, else on a short-lived attach of its own,
+    within `deadline` seconds (the connect deadline, as for a realtime hang-up). Raises ApiError when the session
+    could not be told to close, so the ledger keeps the call claimed and the sweep tries again."""
+
+    def __init__(self, sideband: Sideband, deadline: float, holder: Holder | None = None) -> None:
+        self.sideband = sideband
+        self.deadline = deadline
+        self.holder = holder
+
+    async def __call__(self, session_id: str) -> None:
+        if self.holder is not None and await self.holder.close_live(session_id):
+            return
+        try:
+            async with asyncio.timeout(self.deadline):
+                await self._close(session_id)
+        except Refused as refused:
+            if not refused.gone:
+                log.warning("live session %s: attach to close it refused (%s)", session_id, refused)
+                code = "upstream_auth" if refused.forbidden else "upstream_error"
+                raise ApiError(502, code, f"Azure OpenAI refused the attach to end the session ({refused}).") from None
+            log.info("live session %s: already over (the attach found no session)", session_id)
+        except TimeoutError:
+            raise ApiError(
+                504, "upstream_timeout", "Azure OpenAI did not confirm the GPT-Live session's end in time."
+            ) from None
+
+    async def _close(self, session_id: str) -> None:
+        line = await self.sideband.attach(session_id, "live")
+        try:
+            await line.send({"type": "session.close"})
+            async for event in line.events():
+                if event["type"] == "session.closed":
+                    log.info("live session %s: closed (%s)", session_id, str(event.get("reason"))[:64])
+                    return
+            if line.close_code != NORMAL_CLOSE:
+                raise ApiError(502, "upstream_error", "The attach socket dropped before the session closed.")
+        except (ConnectionError, RuntimeError) as error:
+            raise ApiError(502, "upstream_error", f"The attach socket failed ({type(error).__name__}).") from None
+        finally:
+            await line.close()
+
+
 class LiveSessions:
-    def __init__(self, upstream: Upstream, policy: SessionPolicy, closer: Closer | None = None) -> None:
+    def __init__(self, upstream: Upstream, policy: SessionPolicy, closer: Closer) -> None:
         self.upstream = upstream
         self.policy = policy
         self.closer = closer
@@ -37,25 +89,16 @@ class LiveSessions:
     async def __call__(self, offer: Offer, auth: dict[str, str], deadline: float, stage: Stage) -> Call:
         """Never retried: the service may have consumed the offer."""
         stage("live_sessions")
-        body = {
-            "session": live_session_config(self.policy, offer),
-            "transport": {"type": "webrtc", "sdp": offer.sdp},
-        }
+        session = live_session_config(self.policy, offer)
+        body = {"session": session, "transport": {"type": "webrtc", "sdp": offer.sdp}}
         answer = await self.upstream.post("sessions", api="live", json=body, headers=auth)
         secrets = tuple(auth.values())
         if not 200 <= answer.status < 300:
             raise self.upstream.failure(answer, "live_sessions", secrets, offer.model.name)
         session_id, sdp = _session(answer, secrets)
-        return Call(sdp, session_id, kind="live")
+        return Call(sdp, session_id, kind="live", session=session)
 
     async def end(self, call_id: str) -> None:
-        if self.closer is None:
-            log.warning(
-                "live session %s: GPT-Live has no HTTP hang-up and nothing attached to close it; it ends when the "
-                "browser leaves or at the service's limit",
-                call_id,
-            )
-            return
         await self.closer(call_id)
 
 

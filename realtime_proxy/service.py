@@ -30,7 +30,7 @@ from .credentials import ApiKeyCredentials, Credentials, EntraCredentials, Ident
 from .errors import ApiError, error_response, json_response
 from .exchange import Exchange, RealtimeCalls
 from .ledger import Ledger
-from .live import LiveSessions
+from .live import LiveCloser, LiveSessions
 from .logs import REQUEST_ID, logger, new_request_id, remember_secret
 from .policy import public_config, public_models
 from .ratelimit import RateLimiter
@@ -110,6 +110,7 @@ class RealtimeProxy:
         )
         self.table = _table(settings.shared, self.identity)
         self.upstream: Upstream | None = None
+        self.sideband: Sideband | None = None
         self.supervisor: Supervisor | None = None
         self.exchanges: dict[str, Exchange] = {}  # by deployment kind
         self.live: LiveSessions | None = None
@@ -121,12 +122,11 @@ class RealtimeProxy:
             )
             credentials.warm()
             self.upstream = Upstream(settings, credentials, on_answer=telemetry.upstream_answered)
+            self.sideband = Sideband(self.upstream)
             # Tools go into a session only when a supervisor will be in the call to answer them.
             supervised = settings.supervision.mode != "off"
             realtime = RealtimeCalls(self.upstream, settings.policy, self.toolbox.declarations() if supervised else ())
-            # GPT-Live: whoever attaches to live sessions (the supervisor) sets `self.live.closer` to end them.
-            self.live = LiveSessions(self.upstream, settings.policy)
-            self.exchanges = {"realtime": realtime, "reasoning": realtime, "live": self.live}
+            self.exchanges = {"realtime": realtime, "reasoning": realtime}
         local = MemoryTable()
         self.origins = OriginPolicy(settings.allowed_origins)
         self.limiter = RateLimiter(settings.limits.rate_limit_per_minute, settings.limits.rate_limit_burst)
@@ -136,16 +136,22 @@ class RealtimeProxy:
         self.admission = Admission(
             self.table, local, self.ledger, settings.shared, settings.limits.rate_limit_per_minute
         )
-        if self.upstream and settings.supervision.mode != "off":
-            self.supervisor = Supervisor(
-                self.ledger,
-                Sideband(self.upstream),
-                settings.supervision,
-                telemetry,
-                settings.policy.turn_detection_choosable,
-                self.toolbox,
-                open_transcripts(settings.transcripts, self.identity),
-            )
+        if self.upstream and self.sideband:
+            if settings.supervision.mode != "off":
+                self.supervisor = Supervisor(
+                    self.ledger,
+                    self.sideband,
+                    settings.supervision,
+                    telemetry,
+                    settings.policy.turn_detection_choosable,
+                    self.toolbox,
+                    open_transcripts(settings.transcripts, self.identity),
+                )
+            # GPT-Live ends with `session.close`: on the socket of the supervisor holding the session here, else
+            # on a short-lived attach, so the caller's End, the kill switch and the sweep work from any instance.
+            closer = LiveCloser(self.sideband, settings.limits.deadline_seconds, self.supervisor)
+            self.live = LiveSessions(self.upstream, settings.policy, closer)
+            self.exchanges["live"] = self.live
         self._connect = ConnectHandler(
             settings,
             self.upstream,
@@ -196,6 +202,8 @@ class RealtimeProxy:
         one credential."""
         if self.supervisor:
             await self.supervisor.aclose()
+        if self.sideband:
+            await self.sideband.aclose()
         await self.ledger.aclose()
         if self.upstream:
             await self.upstream.aclose()

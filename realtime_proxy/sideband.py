@@ -1,9 +1,11 @@
-"""The sideband: a server-side WebSocket into a live call's event stream (realtime-api.md §4 and §5).
+"""The sideband: a server-side WebSocket into a live call's event stream (realtime-api.md §4, §5 and §6).
 
-It carries JSON events only, no audio, so one process holds many. The URL is the resource's own
-(`wss://{resource}/openai/v1/realtime?call_id=…`; `ws://` only for a loopback `http://` resource, as the fakes
-are), the credentials are the app's (a token fetched again on every attach: an Entra token may have expired
-during an hour-long call), redirects are refused and frames are bounded, as for every other upstream call.
+It carries JSON events only, no audio, so one process holds many. The URL is the resource's own, by the call's
+kind: `wss://{resource}/openai/v1/realtime?call_id=…` for realtime and reasoning calls, and
+`wss://{resource}/openai/v1/live/sessions/{id}/attach` for GPT-Live sessions (`ws://` only for a loopback `http://`
+resource, as the fakes are). The credentials are the app's (a token fetched again on every attach: an Entra token
+may have expired during an hour-long call), redirects are refused and frames are bounded, as for every other
+upstream call.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from typing import Any
 
 import aiohttp
@@ -24,6 +27,8 @@ log = logger(__name__)
 MAX_EVENT_BYTES = 1024 * 1024  # a session.updated with the longest instructions is well under this
 HEARTBEAT_SECONDS = 30.0  # pings find a dead connection that would otherwise look like a quiet call
 ATTACH_TIMEOUT_SECONDS = 10.0
+NORMAL_CLOSE = 1000  # the service closes the sideband this way when the call ends
+_TARGET: ContextVar[URL | None] = ContextVar("sideband_target", default=None)  # what the attach being made asked for
 
 
 class Refused(Exception):
@@ -91,20 +96,27 @@ class Sideband:
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
         base = upstream.settings.endpoint("")[: -len("/realtime/")]  # {resource}/openai/v1
-        self.url = ("wss" + base[5:] if base.startswith("https") else "ws" + base[4:]) + "/realtime"
+        self.base = "wss" + base[5:] if base.startswith("https") else "ws" + base[4:]
         self._session: aiohttp.ClientSession | None = None
 
     @property
     def credentials(self) -> Credentials:
         return self.upstream.credentials
 
-    async def attach(self, call_id: str) -> Line:
+    def url(self, call_id: str, kind: str) -> URL:
+        """Where a call of this kind is joined (`call_id` is a checked id: upstream.CALL_ID)."""
+        if kind == "live":
+            return URL(f"{self.base}/live/sessions/{call_id}/attach")
+        return URL(f"{self.base}/realtime").with_query(call_id=call_id)
+
+    async def attach(self, call_id: str, kind: str = "realtime") -> Line:
+        url = self.url(call_id, kind)
+        target = _TARGET.set(url)
         try:
             async with asyncio.timeout(ATTACH_TIMEOUT_SECONDS):
                 headers = await self.credentials.headers()
                 socket = await self._http().ws_connect(
-                    self.url,
-                    params={"call_id": call_id},
+                    url,
                     headers=headers,
                     proxy=self.upstream.proxy,
                     heartbeat=HEARTBEAT_SECONDS,
@@ -117,6 +129,8 @@ class Sideband:
             raise Refused(None, "no answer in time") from None
         except aiohttp.ClientError as error:
             raise Refused(None, f"could not connect ({type(error).__name__})") from None
+        finally:
+            _TARGET.reset(target)
         return Line(socket, call_id)
 
     def _http(self) -> aiohttp.ClientSession:
@@ -133,8 +147,9 @@ class Sideband:
         self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
     ) -> aiohttp.ClientResponse:
         """ws_connect follows redirects and cannot be told not to; every hop passes here, so a hop anywhere but
-        the sideband URL (a redirect) is refused before the credentials travel with it."""
-        if request.url.with_query(None) != URL(self.url):
+        the URL the attach asked for (a redirect) is refused before the credentials travel with it."""
+        target = _TARGET.get()
+        if target is None or request.url.with_query(None) != target.with_query(None):
             raise Refused(None, "a redirect, which is not followed")
         return await handler(request)
 

@@ -3,9 +3,10 @@
 `/connect` hands each call to a Storage queue (`REALTIME_SUPERVISOR_QUEUE`); the queue-triggered function runs
 `Supervisor.run` on whichever instance takes the message, for as long as the call lasts. It:
 - holds the session to what the server decided (realtime_proxy/guard.py): `observe` logs and counts each
-  change, `enforce` restores the server's values at once and hangs up at the `REALTIME_POLICY_STRIKES`-th;
-- ends the call at its planned end to the second, after a system note shortly before;
-- sums the call's usage into its ledger row and the metrics;
+  change, `enforce` restores the server's values at once and hangs up at the `REALTIME_POLICY_STRIKES`-th (a
+  GPT-Live session's model, instructions and voice are immutable, so there is nothing to hold it to);
+- ends the call at its planned end to the second, after a note shortly before;
+- sums the call's usage into its ledger row and the metrics (GPT-Live: the cumulative usage of `session.closed`);
 - frees the call's slot the moment the call ends, however it ends (the browser leaving without a word too).
 
 A lease in the ledger row keeps one supervisor per call: a message delivered twice drops out while the first
@@ -27,10 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .guard import PolicyGuard
-from .ledger import Ledger, Ticket, decided_session
+from .ledger import Ledger, Ticket, call_kind, decided_session
 from .logs import REQUEST_ID, logger
 from .settings import Supervision
-from .sideband import Line, Refused, Sideband
+from .sideband import NORMAL_CLOSE, Line, Refused, Sideband
 from .tables import Row, Unavailable
 from .toolcalls import Toolbox
 from .transcripts import NO_TRANSCRIPTS, NoTranscripts, Transcripts
@@ -41,9 +42,10 @@ log = logger(__name__)
 HEARTBEAT_SECONDS = 30.0  # lease renewal and usage flush; the lease lasts ledger.LEASE_SECONDS
 REATTACH_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)  # seconds between attempts after a refused or dropped sideband
 MAX_MESSAGE_BYTES = 1024
-SUPERVISED_KINDS = ("realtime", "reasoning")
+SUPERVISED_KINDS = ("realtime", "reasoning", "live")
 STOP_SECONDS = 5.0  # at shutdown, how long a supervision has to leave its call before it is cancelled
-NORMAL_CLOSE = 1000  # the service closes the sideband this way when the call ends
+CLOSE_SECONDS = 5.0  # how long `session.close` waits for `session.closed` on the supervisor's own socket
+LIVE_SERVICE_REASONS = ("expired", "content")  # `session.closed` reasons that are the service's end of a session
 _LEDGER_ID = re.compile(r"[0-9a-f]{16}")
 
 
@@ -97,8 +99,7 @@ class Assignment:
 class HandOff:
     """What `/connect` does for supervision: the decided session goes into the call's row (the supervisor holds
     the call to it) and the call into the queue. Calls kept in one process's table during a storage outage
-    are that process's to end; no supervisor could read them. GPT-Live sessions attach elsewhere
-    (`…/live/sessions/{id}/attach`) and are not supervised yet (docs/models.md)."""
+    are that process's to end; no supervisor could read them."""
 
     def __init__(self, supervised: bool) -> None:
         self.supervised = supervised
@@ -178,6 +179,12 @@ class Supervisor:
         await self.transcripts.aclose()
         await self.sideband.aclose()
 
+    async def close_live(self, session_id: str) -> bool:
+        """Ends a GPT-Live session this instance supervises with `session.close` on its own socket, awaiting
+        `session.closed`; False when it holds no open socket to the session, or the session did not answer."""
+        supervised = self.calls.get(session_id)
+        return supervised is not None and await supervised.close_live()
+
 
 @dataclass
 class SupervisedCall:
@@ -192,12 +199,16 @@ class SupervisedCall:
     expired: bool = False  # the service said the session expired before the sideband closed
     warned: bool = False
     line: Line | None = None
+    _ending: asyncio.Task[None] | None = None  # this supervisor's end of the call, finished even if the line closes
     _stopping: bool = False  # leaving the call without ending it (shutdown, or the lease went elsewhere)
     _shutdown: bool = False
 
     def __post_init__(self) -> None:
         session = decided_session(self.row.props)
-        self.guard = PolicyGuard(session, self.supervisor.turn_detection_choosable)
+        self.kind = call_kind(self.row.props)
+        self.live = self.kind == "live"
+        self.guard = None if self.live else PolicyGuard(session, self.supervisor.turn_detection_choosable)
+        self.closed = asyncio.Event()  # GPT-Live: `session.closed` came, or the socket closed with the session
         self.model = str(session.get("model") or "")
         self.end_at = float(str(self.row.props.get("end") or 0))
         self.usage = Usage.loads(self.row.props.get("usage"))
@@ -220,7 +231,7 @@ class SupervisedCall:
         retries = iter(REATTACH_BACKOFF)
         while not self._stopping:
             try:
-                self.line = await self.supervisor.sideband.attach(self.call_id)
+                self.line = await self.supervisor.sideband.attach(self.call_id, self.kind)
             except Refused as refused:
                 if refused.gone:
                     return await self._over()
@@ -263,13 +274,18 @@ class SupervisedCall:
             clock.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await clock
-        return line.close_code == NORMAL_CLOSE or self.ended_by is not None
+        over = line.close_code == NORMAL_CLOSE or self.ended_by is not None
+        if over:
+            self.closed.set()
+        return over
 
     async def _on(self, line: Line, event: dict[str, Any]) -> None:
         kind = event["type"]
         self.transcript.observe(event)
-        if kind == "session.updated":
-            await self._check(line, event.get("session"))
+        if kind == "session.updated" and self.guard is not None:
+            await self._check(line, self.guard, event.get("session"))
+        elif kind == "session.closed":
+            self._closed_live(event)
         elif kind == "response.done":
             response = event.get("response")
             added = self.usage.add(response.get("usage") if isinstance(response, dict) else None)
@@ -284,8 +300,34 @@ class SupervisedCall:
             self.expired = self.expired or code == "session_expired"
             log.info("call %s: the service reported an error (%s)", self.call_id, str(code)[:64])
 
-    async def _check(self, line: Line, session: object) -> None:
-        changed = self.guard.violations(session)
+    def _closed_live(self, event: dict[str, Any]) -> None:
+        """GPT-Live's last word: the session's cumulative usage, and why it closed."""
+        added = self.usage.cumulative(event.get("usage"))
+        if added:
+            self.supervisor.meter.tokens(added, self.model, str(self.row.props.get("client") or ""))
+        reason = event.get("reason")
+        self.expired = self.expired or reason in LIVE_SERVICE_REASONS
+        log.info("call %s: the session closed (%s)", self.call_id, str(reason)[:64])
+        self.closed.set()
+
+    async def close_live(self) -> bool:
+        """`session.close` on this supervisor's socket, then `session.closed` awaited (bounded): True once the
+        session said it closed. The clock or a handler may call this, never the event loop itself (it would
+        wait for an event it reads)."""
+        line = self.line
+        if not self.live or line is None or line.closed:
+            return False
+        try:
+            await line.send({"type": "session.close"})
+            async with asyncio.timeout(CLOSE_SECONDS):
+                await self.closed.wait()
+        except (ConnectionError, RuntimeError, TimeoutError) as error:
+            log.warning("call %s: session.close on the supervisor's socket went unanswered (%r)", self.call_id, error)
+            return False
+        return True
+
+    async def _check(self, line: Line, guard: PolicyGuard, session: object) -> None:
+        changed = guard.violations(session)
         if not changed:
             return
         self.strikes += 1
@@ -303,7 +345,7 @@ class SupervisedCall:
         if self.strikes >= limit:
             await self._end("policy")
         else:
-            await line.send(self.guard.restore(changed))
+            await line.send(guard.restore(changed))
 
     async def _clock(self, line: Line) -> None:
         """The timed work while attached: the warning, the end on the second, the lease and the usage."""
@@ -313,7 +355,8 @@ class SupervisedCall:
             now = self.supervisor.clock()
             if not self.warned and warning and self.end_at - now <= warning:
                 self.warned = True
-                await line.send(_note(f"This conversation ends in {max(1, round(self.end_at - now))} seconds."))
+                text = f"This conversation ends in {max(1, round(self.end_at - now))} seconds."
+                await line.send(_live_note(text) if self.live else _note(text))
             if self.end_at <= now and self.ended_by is None:
                 await self._end("time_limit")
             if now >= next_beat:
@@ -342,7 +385,13 @@ class SupervisedCall:
             log.warning("call %s: tool outputs not delivered (%s)", self.call_id, error)
 
     async def _end(self, reason: str) -> None:
+        """Ends the call through the ledger. Hanging up closes the sideband, which cancels the clock that may be
+        running this: the end is a task of its own, so the row is still closed and the slot freed."""
         self.ended_by = reason
+        self._ending = asyncio.ensure_future(self._end_call(reason))
+        await asyncio.shield(self._ending)
+
+    async def _end_call(self, reason: str) -> None:
         try:
             await self.supervisor.ledger.end(self.assignment.ledger_id, reason)
         except Exception as error:  # ApiError or Unavailable: the row stays claimed and the sweep retries
@@ -369,6 +418,8 @@ class SupervisedCall:
     async def _over(self) -> None:
         """The call ended: its usage recorded and, if nobody has closed its row yet, its slot freed now."""
         reason = self.ended_by or ("service" if self.expired else "gone")
+        if self._ending is not None:
+            await self._ending
         await self.settle()
         await self._flush()
         try:
@@ -400,6 +451,11 @@ class SupervisedCall:
 
     def _left(self) -> float:
         return self.end_at - self.supervisor.clock()
+
+
+def _live_note(text: str) -> dict[str, Any]:
+    """GPT-Live has no items: commentary is spoken to the user (realtime-api.md §6), so the page shows it too."""
+    return {"type": "session.commentary.append", "content": text, "delegation_id": None}
 
 
 def _note(text: str) -> dict[str, Any]:

@@ -1,5 +1,9 @@
 """What a call consumed: `response.done` usage summed per call (realtime-api.md §5), and what it cost.
 
+A GPT-Live session reports its usage once, cumulative, in `session.closed` (§6): that replaces the counts rather than
+adding to them. Its shape is not documented beyond "cumulative usage"; the token fields of §5 are read where they
+are, and anything else (a billed duration, say) is not metered.
+
 Counts are the service's own; a malformed or absurd usage object is skipped, never trusted into the sum. The
 cost is an estimate from a price table per deployment (per 1M tokens): the defaults are examples of published
 list prices to check against your agreement, and `REALTIME_PRICES` replaces them.
@@ -24,6 +28,7 @@ COUNTS: dict[str, tuple[str, ...]] = {
     "outputAudioTokens": ("output_token_details", "audio_tokens"),
 }
 MAX_PER_RESPONSE = 10_000_000  # far beyond any real response: larger is garbage, not usage
+MAX_PER_SESSION = 1_000_000_000  # likewise for a whole session (an hour of audio is well under a million tokens)
 # USD per 1M tokens, list prices published for these models (2026-12; examples: check your own agreement).
 EXAMPLE_PRICES: dict[str, dict[str, float]] = {
     "gpt-realtime": {
@@ -52,18 +57,20 @@ class Usage:
 
     def add(self, usage: object) -> dict[str, int]:
         """Adds one response's usage; the amounts added (empty when the object was not usage)."""
-        if not isinstance(usage, dict):
-            return {}
-        added = {}
-        for name, path in COUNTS.items():
-            value: Any = usage
-            for key in path:
-                value = value.get(key) if isinstance(value, dict) else None
-            if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_PER_RESPONSE:
-                added[name] = value
+        added = _read(usage, MAX_PER_RESPONSE)
         for name, value in added.items():
             self.counts[name] += value
         self.responses += 1 if added else 0
+        return added
+
+    def cumulative(self, usage: object) -> dict[str, int]:
+        """Takes a session's usage so far (GPT-Live's `session.closed`): counts never go down, so a total seen
+        again (after a re-attach) adds nothing; the amounts added."""
+        added = {}
+        for name, value in _read(usage, MAX_PER_SESSION).items():
+            if value > self.counts[name]:
+                added[name] = value - self.counts[name]
+                self.counts[name] = value
         return added
 
     def dumps(self) -> str:
@@ -105,3 +112,17 @@ class Usage:
             + c["outputAudioTokens"] * prices["audioOut"]
         )
         return round(per_million / 1_000_000, 6)
+
+
+def _read(usage: object, limit: int) -> dict[str, int]:
+    """Our counts found in a service usage object; a value that is not a plausible count is left out."""
+    if not isinstance(usage, dict):
+        return {}
+    found = {}
+    for name, path in COUNTS.items():
+        value: Any = usage
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit:
+            found[name] = value
+    return found

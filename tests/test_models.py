@@ -191,8 +191,9 @@ def test_a_live_deployment_gets_a_session_created_by_the_server(fake, status: in
     assert API_KEY not in logs.text
 
 
-def test_the_callers_end_of_a_live_call_frees_its_slot_without_a_realtime_hangup(fake, logs) -> None:
-    """GPT-Live documents no HTTP hang-up; without the supervisor's attach the call is left to the browser leaving."""
+def test_the_callers_end_of_a_live_call_closes_the_session_and_frees_its_slot(fake) -> None:
+    """GPT-Live documents no HTTP hang-up: with no supervisor (no storage here), a short-lived attach sends
+    `session.close` (tests/test_live_supervision.py has the supervised path)."""
     proxy = offering(fake, MAX_ACTIVE_SESSIONS="1")
     response = proxy.connect(offer_request({"model": "gpt-live-1"}))
     session_id = response.headers["Location"].rsplit("/", 1)[-1]
@@ -207,7 +208,9 @@ def test_the_callers_end_of_a_live_call_frees_its_slot_without_a_realtime_hangup
     )
     assert ended.status_code == 200
     assert fake.calls_to("hangup") == [], "a live session is not a realtime call"
-    assert f"live session {session_id}: GPT-Live has no HTTP hang-up" in logs.text
+    session = fake.live_call(session_id)
+    assert session.ended and [e["type"] for e in session.received] == ["session.close"]
+    assert fake.calls_to("attach")[0].headers["api-key"] == API_KEY
     assert proxy.connect(offer_request({"model": "gpt-live-1"})).status_code == 201, "the slot is free again"
 
 
@@ -314,6 +317,7 @@ def test_a_live_call_through_the_local_host_over_http(fake) -> None:
             timeout=30,
         )
         assert (refused.status_code, refused.json()["error"]["code"]) == (400, "model_not_allowed")
-        assert [r.endpoint for r in fake.requests] == ["live_sessions"]
+        assert [r.endpoint for r in fake.requests] == ["live_sessions", "attach"], "ended by session.close"
+        assert fake.live_call(session_id).ended
     finally:
         host.close()

@@ -218,7 +218,7 @@ def test_the_call_is_warned_and_then_ended_on_the_second(fake: FakeAzureOpenAI, 
     assert note["item"]["role"] == "system" and "ends in 5 seconds" in note["item"]["content"][0]["text"]
     supervised.done(timeout=30)
     row = supervised.row()
-    assert row["reason"] == "time_limit"
+    assert (row["status"], row["reason"]) == ("ended", "time_limit"), "closed, its slot free, not left to the sweep"
     assert started + SESSION_LIMIT <= float(row["claimed"]) < started + SESSION_LIMIT + 1.5, "to the second"
 
 

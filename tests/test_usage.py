@@ -51,3 +51,15 @@ def test_cost_prices_cached_text_apart_and_says_none_for_an_unpriced_deployment(
     expected = (100 * 4.0 + 500 * 0.4 + 400 * 32.0 + 60 * 16.0 + 240 * 64.0) / 1_000_000
     assert usage.cost(prices) == round(expected, 6)
     assert usage.cost(None) is None
+
+
+def test_a_live_sessions_cumulative_usage_is_taken_once_never_added_twice() -> None:
+    """GPT-Live's `session.closed` carries the session's total: seen again (a re-attach, a row read back), it adds
+    nothing; the amounts it added are what the metrics get."""
+    usage = Usage.loads(Usage().dumps())
+    assert usage.cumulative(RESPONSE_USAGE)["inputTokens"] == 1000
+    assert usage.cumulative(RESPONSE_USAGE) == {}
+    again = Usage.loads(usage.dumps())
+    assert again.cumulative({**RESPONSE_USAGE, "input_tokens": 1200}) == {"inputTokens": 200}
+    assert again.counts["inputTokens"] == 1200 and again.counts["outputAudioTokens"] == 240
+    assert again.cumulative({"seconds": 42}) == {}, "a shape without token counts meters nothing"

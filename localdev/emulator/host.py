@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import aioice.ice
 
-from ..fake_call import FakeCall
+from ..fake_call import FakeSession
 from ..service_rules import new_id
 from .peer import EmulatedPeer
 
@@ -81,13 +81,13 @@ class PeerHost:
         self._peers.append(peer)
         return answer_sdp
 
-    def bind(self, call: FakeCall) -> None:
+    def bind(self, call: FakeSession) -> None:
         """Join the fake's call to its peer: the peer's server events go to the call's sidebands too, and what a
         sideband sends is handled by the peer's conversation (realtime-api.md §5)."""
         peer = next(peer for peer in self._peers if peer.call_id == call.call_id)
         self._on_loop(self._bind, peer, call, timeout=5.0)
 
-    async def _bind(self, peer: EmulatedPeer, call: FakeCall) -> None:
+    async def _bind(self, peer: EmulatedPeer, call: FakeSession) -> None:
         peer.bind(call, self._loop)
 
     def inject_error(self, code: str, message: str) -> None:

@@ -16,14 +16,15 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from ..fake_call import usage_for
+from ..fake_live import APPENDS, check_append, check_live_update, summed
+from ..service_rules import ServiceError
 from .conversation import SPEECH_LEVEL, SPEECH_ONSET_MS, WORD_INTERVAL_S, new_id
 from .media import DEFAULT_PITCH_HZ, VOICE_PITCH_HZ, ToneTrack
 
 FRAGMENT_MS = 800  # the user's speech is transcribed in fragments this long
 REPLY_AFTER_MS = 1000  # this much speech since the assistant last spoke makes it answer, even mid-sentence
 SILENCE_MS = 500
-MAX_APPEND_CHARS = 2000  # about 500 tokens, the documented bound on appended context
-APPENDS = ("session.instructions.append", "session.thinking.append", "session.commentary.append")
 REPLY_END = "This is the local emulator in GPT-Live mode, not Azure."
 
 
@@ -52,6 +53,7 @@ class LiveConversation:
         self._since_reply_ms = 0.0
         self._reply: asyncio.Task | None = None
         self._closed = False
+        self._usage: dict[str, Any] = {}  # cumulative, from what the assistant said (fake_live's usage shape)
 
     def greet(self) -> None:
         self._send("session.started", session=self._session)
@@ -61,10 +63,10 @@ class LiveConversation:
         self.close("expired")
 
     def close(self, reason: str) -> None:
-        """The session's last word: `session.closed` with its reason and the cumulative usage (seconds billed)."""
+        """The session's last word: `session.closed` with its reason and the cumulative usage."""
         if not self._closed:
             self._closed = True
-            self._send("session.closed", reason=reason, usage={"seconds": round(time.monotonic() - self._started, 1)})
+            self._send("session.closed", reason=reason, usage=self._usage)
             self._hang_up()
 
     def error(
@@ -108,12 +110,10 @@ class LiveConversation:
             self.error("unknown_event", f"Unsupported event type '{kind}' in a GPT-Live session.", event, "type")
 
     def _on_append(self, event: dict) -> None:
-        content, delegation = event.get("content"), event.get("delegation_id", "missing")
-        if not isinstance(content, str) or not content.strip() or len(content) > MAX_APPEND_CHARS:
-            self.error("invalid_value", "content must be text of at most 500 tokens.", event, "content")
-            return
-        if delegation is not None and not isinstance(delegation, str):
-            self.error("invalid_value", "delegation_id must be a delegation's id or null.", event, "delegation_id")
+        try:
+            content = check_append(event)
+        except ServiceError as problem:
+            self.error(problem.code, problem.message, event, problem.param)
             return
         self._send(event["type"].removesuffix("append") + "appended", client_event_id=event.get("event_id"))
         if event["type"] == "session.instructions.append":
@@ -123,14 +123,10 @@ class LiveConversation:
 
     def _on_update(self, event: dict) -> None:
         """Model, instructions and voice are immutable; only `delegation.responses` settings may change."""
-        update = event.get("session")
-        if not isinstance(update, dict):
-            self.error("missing_required_parameter", "Missing required parameter: 'session'.", event, "session")
-            return
-        fixed = next((key for key in update if key != "delegation"), None)
-        if fixed is not None:
-            message = f"session.{fixed} cannot be changed once a GPT-Live session has started."
-            self.error("immutable_parameter", message, event, f"session.{fixed}")
+        try:
+            check_live_update(event.get("session"))
+        except ServiceError as problem:
+            self.error(problem.code, problem.message, event, problem.param)
             return
         self._send("session.updated", client_event_id=event.get("event_id"))
 
@@ -177,6 +173,7 @@ class LiveConversation:
         """Speak now, whatever the user is doing (full duplex); a newer answer replaces one still being spoken."""
         if self._reply is not None:
             self._reply.cancel()
+        self._usage = summed(self._usage, usage_for(text))
         self._reply = self._spawn(self._speak(text))
 
     async def _speak(self, text: str) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
-from ..fake_call import FakeCall
+from ..fake_call import FakeSession
 from .conversation import Conversation
 from .live import LiveConversation
 from .media import ToneTrack, audio_frames, peak_level
@@ -46,7 +46,7 @@ class EmulatedPeer:
         self._closing: asyncio.Task | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._recent_peaks: deque[float] = deque(maxlen=25)  # 0.5 s of 20 ms frames
-        self._call: FakeCall | None = None  # the fake's view of this call, which sidebands join
+        self._call: FakeSession | None = None  # the fake's view of this call, which sidebands join
         self._end_reason = "gone"  # why the call ended, unless a hang-up or the session limit ends it
         self.conversation: Conversation | LiveConversation = (
             LiveConversation(session, self._deliver, self._tone, self._spawn, call_id, self._close_soon)
@@ -78,10 +78,10 @@ class EmulatedPeer:
         self._deadline = asyncio.get_running_loop().call_later(CONNECT_DEADLINE_S, self._give_up_if_unconnected)
         return self._pc.localDescription.sdp
 
-    def bind(self, call: FakeCall, loop: asyncio.AbstractEventLoop) -> None:
+    def bind(self, call: FakeSession, loop: asyncio.AbstractEventLoop) -> None:
         """Mirror this call's server events to the fake call's sidebands and take theirs into the conversation;
         on the loop, which sidebands' events hop onto."""
-        if isinstance(self.conversation, Conversation):  # GPT-Live sessions have no realtime sideband
+        if isinstance(self.conversation, Conversation):  # a GPT-Live session's is the one the fake created
             call.session = self.conversation.session
         call.peer = lambda text: loop.call_soon_threadsafe(self._from_sideband, text)
         self._call = call
