@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .service_rules import SESSION_EXPIRED, ServiceError, checked_item, new_id, updated_session
+from .service_rules import SESSION_EXPIRED, ServiceError, checked_item, client_event, new_id, updated_session
 
 
 class Sideband(Protocol):
@@ -114,12 +114,9 @@ class FakeSession:
     def client_event(self, message: str | bytes) -> None:
         """An event a sideband sent: recorded, then handled by the emulator's conversation or here."""
         try:
-            event = json.loads(message)
-        except ValueError:
-            self._error("invalid_json", "The event could not be parsed as JSON.")
-            return
-        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-            self._error("invalid_event", "The event must be a JSON object with a string 'type'.", param="type")
+            event = client_event(message)
+        except ServiceError as problem:
+            self._error(problem.code, problem.message, param=problem.param)
             return
         with self._changed:
             self.received.append(event)

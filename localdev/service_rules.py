@@ -56,6 +56,17 @@ class ServiceError(Exception):
         return json.dumps({"error": error}).encode()
 
 
+def client_event(message: str | bytes) -> dict:
+    """A client event as the service reads one off the data channel or a sideband; ServiceError when it is not."""
+    try:
+        event = json.loads(message)
+    except ValueError:
+        raise ServiceError(400, "invalid_json", "The event could not be parsed as JSON.") from None
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        raise ServiceError(400, "invalid_event", "The event must be a JSON object with a string 'type'.", "type")
+    return event
+
+
 def check_session_fields(session: dict) -> None:
     """The checks the service applies to a `session` object wherever it arrives (a client secret, or a
     `session.update` on the data channel or the sideband); raises ServiceError for the first problem, as the

@@ -226,6 +226,20 @@ class LocalHost:
         self.child.stop()
 
 
+def emulated_host(emulator: FakeAzureOpenAI, **env: str) -> LocalHost:
+    """The app in front of a test's emulator, as `./dev run` serves it, without the per-client connect rate (browser
+    tests start many calls from one address)."""
+    return LocalHost(
+        {
+            "AZURE_OPENAI_BASE_URL": emulator.url,
+            "AZURE_OPENAI_API_KEY": API_KEY,
+            "REALTIME_EMULATOR": "true",
+            "RATE_LIMIT_PER_MINUTE": "0",
+            **env,
+        }
+    )
+
+
 @pytest.fixture
 def live(fake: FakeAzureOpenAI) -> Iterator[LocalHost]:
     host = LocalHost({"AZURE_OPENAI_BASE_URL": fake.url + "/openai", "AZURE_OPENAI_API_KEY": API_KEY})

@@ -20,7 +20,7 @@ from localdev.emulator import PeerHost
 from localdev.fake_openai import FakeAzureOpenAI
 from tests import tools
 from tests.browser import serve_folder
-from tests.conftest import API_KEY, OFFER, LocalHost
+from tests.conftest import API_KEY, OFFER, LocalHost, emulated_host
 from tests.test_browser_e2e import browser, emulator, eventually, peers  # noqa: F401  (shared fixtures)
 
 SDK_DIR = Path(__file__).resolve().parent / "agents_sdk"
@@ -116,15 +116,7 @@ def sdk_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def sdk_app(emulator: FakeAzureOpenAI, sdk_origin: str) -> Iterator[LocalHost]:  # noqa: F811
-    host = LocalHost(
-        {
-            "AZURE_OPENAI_BASE_URL": emulator.url,
-            "AZURE_OPENAI_API_KEY": API_KEY,
-            "REALTIME_EMULATOR": "true",
-            "ALLOWED_ORIGINS": sdk_origin,
-            "RATE_LIMIT_PER_MINUTE": "0",
-        }
-    )
+    host = emulated_host(emulator, ALLOWED_ORIGINS=sdk_origin)
     yield host
     host.close()
 

@@ -20,7 +20,7 @@ from localdev.emulator import EmulatedPeer, PeerHost
 from localdev.fake_openai import FakeAzureOpenAI, Fault
 from tests import tools
 from tests.browser import CHROMIUM, launch_args, serve_folder, speech_like_wav
-from tests.conftest import API_KEY, LocalHost
+from tests.conftest import API_KEY, LocalHost, emulated_host
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -74,15 +74,7 @@ def embed_origin() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def app(emulator: FakeAzureOpenAI, embed_origin: str) -> Iterator[LocalHost]:
-    host = LocalHost(
-        {
-            "AZURE_OPENAI_BASE_URL": emulator.url,
-            "AZURE_OPENAI_API_KEY": API_KEY,
-            "REALTIME_EMULATOR": "true",
-            "ALLOWED_ORIGINS": embed_origin,
-            "RATE_LIMIT_PER_MINUTE": "0",
-        }
-    )
+    host = emulated_host(emulator, ALLOWED_ORIGINS=embed_origin)
     yield host
     host.close()
 

@@ -14,7 +14,7 @@ from playwright.sync_api import Page, Response
 from localdev.emulator import PeerHost
 from localdev.fake_openai import FakeAzureOpenAI, Fault
 from tests import tools
-from tests.conftest import API_KEY, LocalHost
+from tests.conftest import API_KEY, LocalHost, emulated_host
 from tests.test_browser_e2e import browser, eventually, page, peers, start  # noqa: F401  (fixtures; page uses this module's app)
 
 pytestmark = [pytest.mark.browser, tools.chromium.needed]
@@ -32,16 +32,11 @@ def emulator(peers: PeerHost) -> Iterator[FakeAzureOpenAI]:  # noqa: F811
 
 def one_slot_app(emulator: FakeAzureOpenAI, session_seconds: int) -> LocalHost:
     """The app with one session slot in all, calls limited to `session_seconds`, and the sweep every second."""
-    return LocalHost(
-        {
-            "AZURE_OPENAI_BASE_URL": emulator.url,
-            "AZURE_OPENAI_API_KEY": API_KEY,
-            "REALTIME_EMULATOR": "true",
-            "RATE_LIMIT_PER_MINUTE": "0",
-            "MAX_ACTIVE_SESSIONS": "1",
-            "REALTIME_MAX_SESSION_SECONDS": str(session_seconds),
-            "LOCAL_TIMER_INTERVAL_SECONDS": "1",
-        }
+    return emulated_host(
+        emulator,
+        MAX_ACTIVE_SESSIONS="1",
+        REALTIME_MAX_SESSION_SECONDS=str(session_seconds),
+        LOCAL_TIMER_INTERVAL_SECONDS="1",
     )
 
 

@@ -21,7 +21,7 @@ from localdev.fake_openai import FakeAzureOpenAI, Fault
 from tests.azurite import Storage
 from tests.conftest import API_KEY, OFFER, Driven, error_of, in_flight, make_proxy, offer_request, request
 from tests.test_fake_sideband import Sideband, until
-from tests.test_supervisor import SESSION_LIMIT, Binding, Supervised, supervised_app
+from tests.test_supervisor import SESSION_LIMIT, Binding, Supervised, handed_over, supervised_app
 from tests.test_webrtc_peer import Browser
 
 OFFERED = "gpt-realtime, gpt-live-1:live"
@@ -39,13 +39,7 @@ def live_app(fake: FakeAzureOpenAI, azurite: Storage, **env: str) -> Driven:
 
 
 def connect_live(app: Driven, fake: FakeAzureOpenAI) -> LiveSupervised:
-    binding = Binding()
-    response = in_flight(app.proxy.connect(offer_request(LIVE), binding)).result()
-    assert response.status_code == 201, response.get_body()
-    assert binding.value, "a live session is handed to the supervisor queue too"
-    session_id = json.loads(binding.value)["call"]
-    run = in_flight(app.proxy.supervise(binding.value.encode()))
-    supervised = LiveSupervised(app, fake, binding.value, session_id, response.headers["X-Call-Token"], run)
+    supervised = handed_over(app, fake, LIVE, LiveSupervised)  # a live session goes to the supervisor queue too
     supervised.live.wait_attached(1)
     return supervised
 

@@ -16,7 +16,7 @@ from localdev.emulator import EmulatedPeer, PeerHost
 from localdev.emulator.live import LiveConversation
 from localdev.fake_openai import FakeAzureOpenAI
 from tests import tools
-from tests.conftest import API_KEY, LocalHost
+from tests.conftest import API_KEY, LocalHost, emulated_host
 from tests.test_browser_e2e import (  # noqa: F401  (fixtures)
     ASSISTANT_LINES,
     CONNECT_TIMEOUT_MS,
@@ -47,16 +47,7 @@ def emulator(peers: PeerHost) -> Iterator[FakeAzureOpenAI]:  # noqa: F811
 
 @pytest.fixture(scope="module")
 def app(emulator: FakeAzureOpenAI) -> Iterator[LocalHost]:
-    host = LocalHost(
-        {
-            "AZURE_OPENAI_BASE_URL": emulator.url,
-            "AZURE_OPENAI_API_KEY": API_KEY,
-            "REALTIME_EMULATOR": "true",
-            "RATE_LIMIT_PER_MINUTE": "0",
-            "REALTIME_DEPLOYMENTS": OFFERED,
-            "REALTIME_TURN_DETECTION_CHOOSABLE": "true",
-        }
-    )
+    host = emulated_host(emulator, REALTIME_DEPLOYMENTS=OFFERED, REALTIME_TURN_DETECTION_CHOOSABLE="true")
     yield host
     host.close()
 

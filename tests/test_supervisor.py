@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -82,14 +82,22 @@ def supervised_app(fake: FakeAzureOpenAI, azurite: Storage, **env: str) -> Drive
     )
 
 
-def connect(app: Driven, fake: FakeAzureOpenAI, fields: dict[str, str] | None = None) -> Supervised:
+S = TypeVar("S", bound=Supervised)
+
+
+def handed_over(app: Driven, fake: FakeAzureOpenAI, fields: dict[str, str] | None, kind: type[S]) -> S:
+    """A connect, and its queue message run as the trigger would run it."""
     binding = Binding()
     response = in_flight(app.proxy.connect(offer_request(fields), binding)).result()
     assert response.status_code == 201, response.get_body()
     assert binding.value, "an admitted call is handed to the supervisor queue"
     call_id = json.loads(binding.value)["call"]
     run = in_flight(app.proxy.supervise(binding.value.encode()))
-    supervised = Supervised(app, fake, binding.value, call_id, response.headers["X-Call-Token"], run)
+    return kind(app, fake, binding.value, call_id, response.headers["X-Call-Token"], run)
+
+
+def connect(app: Driven, fake: FakeAzureOpenAI, fields: dict[str, str] | None = None) -> Supervised:
+    supervised = handed_over(app, fake, fields, Supervised)
     supervised.call.wait_attached(1)
     return supervised
 

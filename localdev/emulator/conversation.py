@@ -14,7 +14,15 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from ..service_rules import SESSION_EXPIRED, ServiceError, checked_item, effective_session, new_id, updated_session
+from ..service_rules import (
+    SESSION_EXPIRED,
+    ServiceError,
+    checked_item,
+    client_event,
+    effective_session,
+    new_id,
+    updated_session,
+)
 from .media import DEFAULT_PITCH_HZ, VOICE_PITCH_HZ, ToneTrack
 
 SPEECH_LEVEL = 0.05  # peak level (0..1) a mic frame must reach to count as speech
@@ -110,12 +118,9 @@ class Conversation:
 
     def receive(self, message: str | bytes) -> None:
         try:
-            event = json.loads(message)
-        except ValueError:
-            self.error("invalid_json", "The event could not be parsed as JSON.")
-            return
-        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-            self.error("invalid_event", "The event must be a JSON object with a string 'type'.", param="type")
+            event = client_event(message)
+        except ServiceError as problem:
+            self.error(problem.code, problem.message, param=problem.param)
             return
         self.events_received.append(event)
         handlers: dict[str, Callable[[dict], None]] = {

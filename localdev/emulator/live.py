@@ -18,7 +18,7 @@ from typing import Any
 
 from ..fake_call import usage_for
 from ..fake_live import APPENDS, check_append, check_live_update, summed
-from ..service_rules import ServiceError
+from ..service_rules import ServiceError, client_event
 from .conversation import SPEECH_LEVEL, SPEECH_ONSET_MS, WORD_INTERVAL_S, new_id
 from .media import DEFAULT_PITCH_HZ, VOICE_PITCH_HZ, ToneTrack
 
@@ -91,12 +91,9 @@ class LiveConversation:
 
     def receive(self, message: str | bytes) -> None:
         try:
-            event = json.loads(message)
-        except ValueError:
-            self.error("invalid_json", "The event could not be parsed as JSON.")
-            return
-        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-            self.error("invalid_event", "The event must be a JSON object with a string 'type'.", param="type")
+            event = client_event(message)
+        except ServiceError as problem:
+            self.error(problem.code, problem.message, param=problem.param)
             return
         self.events_received.append(event)
         kind = event["type"]
