@@ -46,7 +46,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,7 @@ from shared_limits import counting
 from localdev.azurite import Azurite
 from localdev.queues import Output, QueueOptions
 from realtime_proxy.service import RealtimeProxy
+from realtime_proxy.sideband import Line
 from realtime_proxy.supervisor import HEARTBEAT_SECONDS
 from realtime_proxy.tables import StorageTable
 from tests.child_process import ChildProcess
@@ -186,9 +187,24 @@ def load() -> str:
 # -- 1. calls one process holds ----------------------------------------------------------------------------------
 
 
+def counting_events() -> list[int]:
+    """Counts the events every sideband of this process reads (what the calls really sent, however busy the fake)."""
+    seen = [0]
+    events = Line.events
+
+    async def counted(self: Line) -> AsyncIterator[dict[str, Any]]:
+        async for event in events(self):
+            seen[0] += 1
+            yield event
+
+    Line.events = counted  # type: ignore[method-assign]  # one more generator hop per event, a microsecond
+    return seen
+
+
 @dataclass
 class Step:
     calls: int
+    events_per_s: float
     cores: float
     kb_per_call: float
     lags_ms: list[float]
@@ -202,6 +218,7 @@ class Step:
     def cells(self) -> list[str]:
         return [
             str(self.calls),
+            f"{self.events_per_s:.0f}",
             f"{self.cores:.2f}",
             f"{self.kb_per_call:.0f}",
             f"{percentile(self.lags_ms, 0.5):.0f} / {percentile(self.lags_ms, 0.95):.0f} ({len(self.lags_ms)})",
@@ -237,7 +254,7 @@ async def hold_calls(setup: Setup, args: argparse.Namespace) -> list[Step]:
     fake = setup.fake
     proxy = RealtimeProxy.from_environ(setup.env())
     assert isinstance(proxy.table, StorageTable) and proxy.supervisor is not None
-    trips = counting(proxy.table)
+    trips, events = counting(proxy.table), counting_events()
     beats = [0]
     heartbeat = proxy.ledger.heartbeat
 
@@ -268,12 +285,14 @@ async def hold_calls(setup: Setup, args: argparse.Namespace) -> list[Step]:
             sample = random.sample(held.call_ids, min(args.probes, len(held.call_ids)))
             fake_before = await fake.ask("counts")
             wall, cpu, trips_before, beats_before = time.perf_counter(), time.process_time(), trips[0], beats[0]
+            events_before = events[0]
             probed = await fake.ask("probe", calls=sample, spread=args.window)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             fake_after = await fake.ask("counts")
             steps.append(
                 Step(
                     calls=len(held.call_ids),
+                    events_per_s=(events[0] - events_before) / wall,
                     cores=cpu / wall,
                     kb_per_call=(rss_bytes() - base_rss) / len(held.call_ids) / 1024,
                     lags_ms=probed["lags_ms"],
@@ -296,6 +315,7 @@ async def hold_calls(setup: Setup, args: argparse.Namespace) -> list[Step]:
 
 HOLD_HEAD = [
     "calls",
+    "events/s read",
     "CPU (cores)",
     "RSS/call (KB)",
     "lag p50 / p95 ms (probes)",
