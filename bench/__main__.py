@@ -14,6 +14,7 @@ BENCHMARKS = {
     "concurrency": "concurrency.py",
     "limits": "shared_limits.py",
     "tools": "tool_calls.py",
+    "supervisor": "supervisor.py",
 }
 
 

@@ -136,7 +136,9 @@ class Sideband:
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self.upstream.ssl),
+                # No pool limit: each open sideband holds its connection for the whole call, and aiohttp's default
+                # of 100 would leave the 101st call of this instance waiting, then unsupervised (bench supervisor).
+                connector=aiohttp.TCPConnector(ssl=self.upstream.ssl, limit=0),
                 cookie_jar=aiohttp.DummyCookieJar(),
                 headers={"User-Agent": "azure-functions-realtime-proxy/1.0"},
                 middlewares=(self._no_redirects,),

@@ -21,7 +21,7 @@ from realtime_proxy.ledger import LEASE_SECONDS
 from realtime_proxy.supervisor import Interrupted
 from realtime_proxy.tables import Unavailable
 from tests.azurite import Storage
-from tests.conftest import Driven, error_of, in_flight, make_proxy, offer_request, request
+from tests.conftest import Driven, error_of, in_flight, make_proxy, offer_request, request, run_together
 from tests.contract import check
 
 SESSION_LIMIT = 12  # seconds: REALTIME_MAX_SESSION_SECONDS is at least 10
@@ -314,6 +314,30 @@ def test_garbage_from_the_sideband_is_ignored_and_the_call_still_supervised(app:
     supervised.call.wait_received(lambda event: event["type"] == "session.update")
     supervised.call.end()
     supervised.done()
+
+
+def test_one_instance_supervises_more_calls_than_a_default_connection_pool_holds(
+    fake: FakeAzureOpenAI, azurite: Storage
+) -> None:
+    """A sideband keeps its connection for the whole call: under aiohttp's default pool limit (100) the calls
+    after the 100th waited for a connection, then went unsupervised (found by `./dev bench supervisor`)."""
+    app = make_proxy(
+        fake,
+        AzureWebJobsStorage=azurite.connection_string,
+        LIMITS_TABLE=azurite.table("limits"),
+        RATE_LIMIT_PER_MINUTE="0",
+    )
+    bindings = [Binding() for _ in range(105)]
+    run_together(*(app.proxy.connect(offer_request(), binding) for binding in bindings))
+    messages = [str(binding.value) for binding in bindings]
+    runs = [in_flight(app.proxy.supervise(message.encode())) for message in messages]
+    calls = [fake.call(json.loads(message)["call"]) for message in messages]
+    for call in calls:
+        call.wait_attached(1, timeout=20)
+    for call in calls:
+        call.end()
+    for run in runs:
+        run.result(timeout=20)
 
 
 def test_a_message_that_is_not_an_assignment_is_dropped_with_a_log_line(
