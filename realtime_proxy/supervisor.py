@@ -45,6 +45,7 @@ SUPERVISED_KINDS = ("realtime", "reasoning")
 STOP_SECONDS = 2.0  # at shutdown, how long a supervision has to leave its call before it is cancelled
 NORMAL_CLOSE = 1000  # the service closes the sideband this way when the call ends
 _LEDGER_ID = re.compile(r"[0-9a-f]{16}")
+POLICY_NOTE = "This conversation is being ended: its session was changed against this app's policy."
 
 
 class Interrupted(Exception):
@@ -298,6 +299,7 @@ class SupervisedCall:
         if mode != "enforce":
             return
         if self.strikes >= limit:
+            await line.send(_note(POLICY_NOTE))  # so the page can say why, before the hang-up closes it
             await self._end("policy")
         else:
             await line.send(self.guard.restore(changed))
