@@ -99,6 +99,7 @@ export async function connect({
 class RealtimeSession extends EventTarget {
   #status = null;
   #tools = new Map(); // call_id of a server-run tool call → "call" or "output" (the phase already shown)
+  #note = null; // the server's last system note in this call (its supervisor's), which an end by the server explains
   #ended = false;
   #endedReason = null;
   #muted = false;
@@ -394,6 +395,10 @@ class RealtimeSession extends EventTarget {
     if (reason === "server" || reason === "service_limit") this.#settleClosed();
     else this.#hangUp();
     const detail = { reason, byUser: reason === "user", reconnectable: RECONNECTABLE.has(reason), message: ENDED_MESSAGES[reason] };
+    if (reason === "server" && this.#note) {
+      detail.serverNote = this.#note;
+      detail.message += ` The server said: ${this.#note}`;
+    }
     if (this.#liveClosed) {
       detail.serviceReason = this.#liveClosed;
       detail.message += ` GPT-Live closed the session: ${LIVE_CLOSED[this.#liveClosed]?.[1] ?? this.#liveClosed}.`;
@@ -493,9 +498,12 @@ class RealtimeSession extends EventTarget {
         if (failure) this.#serverError(failure);
         break;
       }
+      case "conversation.item.added":
+        this.#tool(event.item);
+        this.#notice(event.item);
+        break;
       case "response.output_item.added":
       case "response.output_item.done":
-      case "conversation.item.added":
       case "conversation.item.created":
       case "conversation.item.done":
         this.#tool(event.item);
@@ -582,6 +590,19 @@ class RealtimeSession extends EventTarget {
     const detail = { callId, phase, name: item.name ?? null };
     if (phase === "output") detail.summary = toolSummary(item.output);
     this.dispatchEvent(new CustomEvent("tool", { detail }));
+  }
+
+  /**
+   * A system message the server put into the conversation (its supervisor: "This conversation ends in 30 seconds.",
+   * or why it is about to hang up), as one `notice` event {itemId, text}; kept, so an end by the server says why.
+   */
+  #notice(item) {
+    if (item?.type !== "message" || item.role !== "system") return;
+    const parts = Array.isArray(item.content) ? item.content : [];
+    const text = parts.map((part) => (typeof part?.text === "string" ? part.text : "")).join(" ").trim();
+    if (!text) return;
+    this.#note = text;
+    this.dispatchEvent(new CustomEvent("notice", { detail: { itemId: item.id ?? null, text } }));
   }
 
   /** Dispatch a normalised transcript update; `text` is always the whole line so far, `delta` the new piece. */
