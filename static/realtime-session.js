@@ -392,7 +392,7 @@ class RealtimeSession extends EventTarget {
   #end(reason) {
     if (!this.#release()) return;
     this.#endedReason = reason;
-    if (reason === "server" || reason === "service_limit") this.#settleClosed();
+    if (reason === "server" || reason === "service_limit") this.#letGo();
     else this.#hangUp();
     const detail = { reason, byUser: reason === "user", reconnectable: RECONNECTABLE.has(reason), message: ENDED_MESSAGES[reason] };
     if (reason === "server" && this.#note) {
@@ -408,17 +408,26 @@ class RealtimeSession extends EventTarget {
   }
 
   /**
-   * Tell the server the call is over, so its slot is free; `closed` resolves when it has answered. keepalive: the
-   * request outlives a page being closed; a failure changes nothing here, the call is over (the server's sweep ends it).
+   * Tell the server the call is over, so its slot is free; `closed` resolves when it has answered. The connection
+   * (already silent: release() stopped the microphone) is let go only then, so the server, which hangs the call up
+   * itself, records the end as the caller's rather than as a browser that vanished. keepalive: the request outlives
+   * a page being closed; a failure changes nothing here, the call is over (the server's sweep ends it).
    */
   #hangUp() {
-    if (!this.#hangupUrl) return this.#settleClosed();
+    if (!this.#hangupUrl) return this.#letGo();
     const answered = fetch(this.#hangupUrl, { method: "POST", headers: { "X-Call-Token": this.#callToken }, keepalive: true });
-    const timer = setTimeout(this.#settleClosed, HANGUP_WAIT_MS);
+    const timer = setTimeout(() => this.#letGo(), HANGUP_WAIT_MS);
     answered.catch(() => {}).finally(() => {
       clearTimeout(timer);
-      this.#settleClosed();
+      this.#letGo();
     });
+  }
+
+  /** Close the channel and the connection; the call is over at both ends. */
+  #letGo() {
+    this.#dc?.close();
+    this.#pc?.close();
+    this.#settleClosed();
   }
 
   /**
@@ -430,7 +439,10 @@ class RealtimeSession extends EventTarget {
     for (const track of stream?.getAudioTracks() ?? []) track.enabled = live;
   }
 
-  /** Stop the tracks (the browser's mic indicator goes off) and close the channel and connection. False if already done. */
+  /**
+   * Stop the tracks (the browser's mic indicator goes off) and the assistant's audio at once; the connection closes
+   * in #letGo(). False if already done.
+   */
   #release() {
     if (this.#ended) return false;
     this.#ended = true;
@@ -439,8 +451,6 @@ class RealtimeSession extends EventTarget {
     clearTimeout(this.#speakingTimer);
     for (const turn of Object.values(this.#liveTurns)) clearTimeout(turn?.timer);
     for (const track of this.#localStream?.getTracks() ?? []) track.stop();
-    this.#dc?.close();
-    this.#pc?.close();
     this.#audio.srcObject = null;
     this.#partial.clear();
     return true;
@@ -454,6 +464,7 @@ class RealtimeSession extends EventTarget {
   }
 
   #receive(data) {
+    if (this.#ended) return; // an ended call's last events, before the hang-up closes its channel, show nothing
     let event;
     try {
       event = JSON.parse(data);
