@@ -159,9 +159,10 @@ def reported(app: LocalHost, call_id: str, since: str) -> dict[str, Any]:
     def ended() -> dict[str, Any] | None:
         answer = requests.get(app.url + "/operator/calls", params={"since": since}, timeout=10)
         assert answer.status_code == 200, answer.text
-        call = next((c for c in answer.json()["calls"] if c["callId"] == call_id), None)
-        used = call and call["usage"]["inputTokens"] > 0 and call["usage"]["outputTokens"] > 0
-        return call if used and call["endReason"] else None
+        call: dict[str, Any] | None = next((c for c in answer.json()["calls"] if c["callId"] == call_id), None)
+        if call is None or not call["endReason"]:
+            return None
+        return call if call["usage"]["inputTokens"] > 0 and call["usage"]["outputTokens"] > 0 else None
 
     return eventually(ended, timeout=20, what=f"call {call_id} reported ended, with its usage")
 
