@@ -283,7 +283,8 @@ class FakeCall(FakeSession):
 
     def keep_calling_tools(self, name: str | None, arguments: str = "{}") -> None:
         """A model stuck in a tool loop: every `response.create` a sideband sends is answered with another call of
-        this tool (None: answer normally again). Canned calls only; the emulator's conversation calls no tools."""
+        this tool (None: answer normally again). Canned calls only; the emulator's conversation calls a declared
+        tool only when the user's words ask for it (localdev/emulator/tools.py)."""
         self._tool_loop = None if name is None else (name, arguments)
 
     def stream(self, rate_per_second: float) -> None:

@@ -47,6 +47,7 @@ STOP_SECONDS = 5.0  # at shutdown, how long a supervision has to leave its call 
 CLOSE_SECONDS = 5.0  # how long `session.close` waits for `session.closed` on the supervisor's own socket
 LIVE_SERVICE_REASONS = ("expired", "content")  # `session.closed` reasons that are the service's end of a session
 _LEDGER_ID = re.compile(r"[0-9a-f]{16}")
+POLICY_NOTE = "This conversation is being ended: its session was changed against this app's policy."
 
 
 class Interrupted(Exception):
@@ -343,6 +344,7 @@ class SupervisedCall:
         if mode != "enforce":
             return
         if self.strikes >= limit:
+            await line.send(_note(POLICY_NOTE))  # so the page can say why, before the hang-up closes it
             await self._end("policy")
         else:
             await line.send(guard.restore(changed))

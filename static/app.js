@@ -180,6 +180,7 @@ function adopt(session) {
   };
   on("transcript", ({ detail }) => renderTranscript(ui.transcript, detail));
   on("tool", ({ detail }) => renderTool(ui.transcript, detail));
+  on("notice", ({ detail }) => showCallNotice(detail.text)); // the server's note, in the call notice's live region
   on("error", ({ detail }) => showError(ui.error, detail));
   on("sent", ({ detail }) => log("out", detail));
   on("audio", ({ detail }) => { ui.enableAudio.hidden = !detail.blocked; });

@@ -99,6 +99,7 @@ export async function connect({
 class RealtimeSession extends EventTarget {
   #status = null;
   #tools = new Map(); // call_id of a server-run tool call → "call" or "output" (the phase already shown)
+  #note = null; // the server's last system note in this call (its supervisor's), which an end by the server explains
   #ended = false;
   #endedReason = null;
   #muted = false;
@@ -391,9 +392,13 @@ class RealtimeSession extends EventTarget {
   #end(reason) {
     if (!this.#release()) return;
     this.#endedReason = reason;
-    if (reason === "server" || reason === "service_limit") this.#settleClosed();
+    if (reason === "server" || reason === "service_limit") this.#letGo();
     else this.#hangUp();
     const detail = { reason, byUser: reason === "user", reconnectable: RECONNECTABLE.has(reason), message: ENDED_MESSAGES[reason] };
+    if (reason === "server" && this.#note) {
+      detail.serverNote = this.#note;
+      detail.message += ` The server said: ${this.#note}`;
+    }
     if (this.#liveClosed) {
       detail.serviceReason = this.#liveClosed;
       detail.message += ` GPT-Live closed the session: ${LIVE_CLOSED[this.#liveClosed]?.[1] ?? this.#liveClosed}.`;
@@ -403,17 +408,26 @@ class RealtimeSession extends EventTarget {
   }
 
   /**
-   * Tell the server the call is over, so its slot is free; `closed` resolves when it has answered. keepalive: the
-   * request outlives a page being closed; a failure changes nothing here, the call is over (the server's sweep ends it).
+   * Tell the server the call is over, so its slot is free; `closed` resolves when it has answered. The connection
+   * (already silent: release() stopped the microphone) is let go only then, so the server, which hangs the call up
+   * itself, records the end as the caller's rather than as a browser that vanished. keepalive: the request outlives
+   * a page being closed; a failure changes nothing here, the call is over (the server's sweep ends it).
    */
   #hangUp() {
-    if (!this.#hangupUrl) return this.#settleClosed();
+    if (!this.#hangupUrl) return this.#letGo();
     const answered = fetch(this.#hangupUrl, { method: "POST", headers: { "X-Call-Token": this.#callToken }, keepalive: true });
-    const timer = setTimeout(this.#settleClosed, HANGUP_WAIT_MS);
+    const timer = setTimeout(() => this.#letGo(), HANGUP_WAIT_MS);
     answered.catch(() => {}).finally(() => {
       clearTimeout(timer);
-      this.#settleClosed();
+      this.#letGo();
     });
+  }
+
+  /** Close the channel and the connection; the call is over at both ends. */
+  #letGo() {
+    this.#dc?.close();
+    this.#pc?.close();
+    this.#settleClosed();
   }
 
   /**
@@ -425,7 +439,10 @@ class RealtimeSession extends EventTarget {
     for (const track of stream?.getAudioTracks() ?? []) track.enabled = live;
   }
 
-  /** Stop the tracks (the browser's mic indicator goes off) and close the channel and connection. False if already done. */
+  /**
+   * Stop the tracks (the browser's mic indicator goes off) and the assistant's audio at once; the connection closes
+   * in #letGo(). False if already done.
+   */
   #release() {
     if (this.#ended) return false;
     this.#ended = true;
@@ -434,8 +451,6 @@ class RealtimeSession extends EventTarget {
     clearTimeout(this.#speakingTimer);
     for (const turn of Object.values(this.#liveTurns)) clearTimeout(turn?.timer);
     for (const track of this.#localStream?.getTracks() ?? []) track.stop();
-    this.#dc?.close();
-    this.#pc?.close();
     this.#audio.srcObject = null;
     this.#partial.clear();
     return true;
@@ -449,6 +464,7 @@ class RealtimeSession extends EventTarget {
   }
 
   #receive(data) {
+    if (this.#ended) return; // an ended call's last events, before the hang-up closes its channel, show nothing
     let event;
     try {
       event = JSON.parse(data);
@@ -493,9 +509,12 @@ class RealtimeSession extends EventTarget {
         if (failure) this.#serverError(failure);
         break;
       }
+      case "conversation.item.added":
+        this.#tool(event.item);
+        this.#notice(event.item);
+        break;
       case "response.output_item.added":
       case "response.output_item.done":
-      case "conversation.item.added":
       case "conversation.item.created":
       case "conversation.item.done":
         this.#tool(event.item);
@@ -582,6 +601,19 @@ class RealtimeSession extends EventTarget {
     const detail = { callId, phase, name: item.name ?? null };
     if (phase === "output") detail.summary = toolSummary(item.output);
     this.dispatchEvent(new CustomEvent("tool", { detail }));
+  }
+
+  /**
+   * A system message the server put into the conversation (its supervisor: "This conversation ends in 30 seconds.",
+   * or why it is about to hang up), as one `notice` event {itemId, text}; kept, so an end by the server says why.
+   */
+  #notice(item) {
+    if (item?.type !== "message" || item.role !== "system") return;
+    const parts = Array.isArray(item.content) ? item.content : [];
+    const text = parts.map((part) => (typeof part?.text === "string" ? part.text : "")).join(" ").trim();
+    if (!text) return;
+    this.#note = text;
+    this.dispatchEvent(new CustomEvent("notice", { detail: { itemId: item.id ?? null, text } }));
   }
 
   /** Dispatch a normalised transcript update; `text` is always the whole line so far, `delta` the new piece. */

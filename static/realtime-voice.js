@@ -1,6 +1,6 @@
 // <realtime-voice endpoint="https://app.example/connect" voice="marin" instructions="…" model="…" reasoning="…">:
-// a drop-in voice chat
-// built on realtime-session.js. It re-dispatches the session's events (status, event, sent, transcript, error, ended)
+// a drop-in voice chat built on realtime-session.js. It re-dispatches the session's events (status, event, sent,
+// transcript, error, ended, notice)
 // on itself; they do not bubble, so a generic window "error" handler never mistakes them for script errors. Like the
 // page (and through the same conversation.js), it says why a call ended, reconnects after an accident replaying the
 // conversation so far, keeps the user's mute across calls, and lets Start wait until the server has let the last
@@ -205,9 +205,10 @@ export class RealtimeVoiceElement extends HTMLElement {
   #adopt(session) {
     session.addEventListener("transcript", ({ detail }) => renderTranscript(this.#ui.transcript, detail));
     session.addEventListener("tool", ({ detail }) => renderTool(this.#ui.transcript, detail));
+    session.addEventListener("notice", ({ detail }) => this.#say(detail.text)); // the server's note (a live region)
     session.addEventListener("error", ({ detail }) => showError(this.#ui.error, detail));
     session.addEventListener("audio", ({ detail }) => { this.#ui.enableAudio.hidden = !detail.blocked; });
-    for (const type of ["transcript", "error", "sent", "ended"]) {
+    for (const type of ["transcript", "error", "sent", "ended", "notice"]) {
       session.addEventListener(type, ({ detail }) => this.#emit(type, detail));
     }
     this.#ui.enableAudio.hidden = !session.audioBlocked;

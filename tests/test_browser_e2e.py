@@ -217,7 +217,7 @@ def test_end_releases_the_microphone_and_start_works_again(page, peers: PeerHost
     page.click("#stop")
     page.wait_for_selector("#status[data-status='disconnected']")
     assert page.evaluate("window.__tracks.length > 0 && window.__tracks.every(t => t.readyState === 'ended')")
-    assert page.evaluate("window.__pc.connectionState") == "closed"
+    page.wait_for_function("window.__pc.connectionState === 'closed'")  # once the server answered the hang-up
     assert page.evaluate("window.realtimeApp.session") is None
     eventually(lambda: peer.closed, what="the emulator to see the hang-up")
     again = start(page, peers)

@@ -78,7 +78,7 @@ def test_end_releases_the_microphone(page: Firefox, peers: PeerHost) -> None:  #
     page.click("#stop")
     page.wait_for(f"{STATUS} === 'disconnected'", what="the end")
     assert page.evaluate("window.held.length > 0 && window.held.every((t) => t.readyState === 'ended')")
-    assert page.evaluate("window.heldPc.connectionState") == "closed"
+    page.wait_for("window.heldPc.connectionState === 'closed'", what="the connection closed after the hang-up")
     assert page.evaluate("document.getElementById('call-notice-text').textContent") == "You ended the conversation."
     eventually(lambda: peer.closed, what="the emulator to see the hang-up")
 

@@ -13,6 +13,7 @@ import requests
 from aiortc import RTCSessionDescription
 
 from localdev.emulator import PeerHost
+from localdev.emulator.tools import spoken_answer, tool_call_for
 from localdev.fake_call import FakeCall
 from localdev.fake_openai import FakeAzureOpenAI, Fault
 from tests.conftest import API_KEY, OFFER
@@ -434,3 +435,112 @@ def test_the_browser_leaving_ends_the_emulated_call_for_its_sidebands(emulator: 
         assert (call.end_reason, emulator.calls[call_id]) == ("gone", "ended")
 
     asyncio.run(main())
+
+
+TIME_TOOL = {
+    "type": "function",
+    "name": "get_current_time",
+    "description": "The current local time in a time zone.",
+    "parameters": {"type": "object", "properties": {"timezone": {"type": "string"}}, "required": ["timezone"]},
+}
+
+
+def test_the_emulator_calls_a_declared_tool_waits_for_the_sideband_and_speaks_its_output(
+    emulator: FakeAzureOpenAI,
+) -> None:
+    async def main() -> None:
+        browser = Browser()
+        await browser.pc.setLocalDescription(await browser.pc.createOffer())
+        session = {**MINTED, "tools": [TIME_TOOL], "tool_choice": "auto"}
+        call_id, answer = await asyncio.to_thread(start_call, emulator, session, browser.pc.localDescription.sdp)
+        await browser.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        try:
+            async with aiohttp.ClientSession() as http:
+                sideband = await Sideband.attach(http, emulator, call_id)
+                await browser.expect("session.created")
+                typed = {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "What time is it in Tokyo?"}],
+                }
+                browser.send({"type": "conversation.item.create", "item": typed})
+                browser.send({"type": "response.create"})
+                added = (await sideband.expect("response.output_item.added"))["item"]
+                assert (added["type"], added["name"], added["status"]) == (
+                    "function_call",
+                    "get_current_time",
+                    "in_progress",
+                )
+                where = {"item_id": added["id"], "call_id": added["call_id"], "output_index": 0}
+                delta = await sideband.expect("response.function_call_arguments.delta")
+                assert where.items() <= delta.items() and json.loads(delta["delta"]) == {"timezone": "Asia/Tokyo"}
+                assert (await sideband.expect("response.function_call_arguments.done"))["arguments"] == delta["delta"]
+                done = (await sideband.expect("response.done"))["response"]
+                [called] = done["output"]
+                assert (done["status"], called["call_id"], called["arguments"]) == (
+                    "completed",
+                    added["call_id"],
+                    delta["delta"],
+                )
+                assert done["usage"]["output_tokens"] > 0
+                # The model waits: no reply until the server answers over the sideband.
+                output = {"timezone": "Asia/Tokyo", "time": "2026-12-07T03:13:24+09:00", "weekday": "Monday"}
+                item = {"type": "function_call_output", "call_id": called["call_id"], "output": json.dumps(output)}
+                await sideband.send({"type": "conversation.item.create", "item": item})
+                await sideband.send({"type": "response.create"})
+                mirrored = await browser.expect("conversation.item.added")
+                while mirrored["item"]["type"] != "function_call_output":
+                    mirrored = await browser.expect("conversation.item.added")
+                assert mirrored["item"]["call_id"] == called["call_id"], "the browser sees the server's output"
+                spoken = await browser.expect("response.output_audio_transcript.done")
+                assert spoken["transcript"] == "It is 03:13 in Asia/Tokyo."
+                assert [e["type"] for e in browser.events].count("response.created") == 2, "one call, one answer"
+        finally:
+            await browser.hang_up()
+
+    asyncio.run(main())
+
+
+def test_without_declared_tools_the_emulator_answers_a_time_question_in_words(emulator: FakeAzureOpenAI) -> None:
+    async def main() -> None:
+        browser = Browser()
+        await browser.pc.setLocalDescription(await browser.pc.createOffer())
+        _, answer = await asyncio.to_thread(start_call, emulator, MINTED, browser.pc.localDescription.sdp)
+        await browser.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        try:
+            await browser.expect("session.created")
+            typed = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "What time is it?"}]}
+            browser.send({"type": "conversation.item.create", "item": typed})
+            browser.send({"type": "response.create"})
+            spoken = await browser.expect("response.output_audio_transcript.done")
+            assert spoken["transcript"].startswith("You said: What time is it.")
+            assert not [e for e in browser.events if e["type"].startswith("response.function_call")]
+        finally:
+            await browser.hang_up()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("words", "call"),
+    [
+        ("What time is it?", ("get_current_time", {"timezone": "Europe/Paris"})),
+        ("what time is it in America/New_York", ("get_current_time", {"timezone": "America/New_York"})),
+        ("How do I deploy this?", ("search_knowledge", {"query": "How do I deploy this"})),
+        ("search the docs for session limits.", ("search_knowledge", {"query": "session limits"})),
+        ("Tell me a story", None),
+        ("Sometimes I wonder", None),
+    ],
+)
+def test_the_emulators_trigger_phrases(words: str, call: tuple[str, dict] | None) -> None:
+    chosen = tool_call_for(words, {"get_current_time", "search_knowledge"})
+    assert (chosen and (chosen[0], json.loads(chosen[1]))) == call
+    assert tool_call_for(words, set()) is None, "only declared tools are called"
+
+
+def test_the_emulator_speaks_from_each_kind_of_output() -> None:
+    hits = {"hits": [{"path": "deploying.md", "snippet": "Run azd up."}]}
+    assert spoken_answer([json.dumps(hits), '{"hits": []}', '{"error": "Unknown time zone."}']) == (
+        "From deploying.md: Run azd up. I found nothing about that in the documents. "
+        "The lookup failed: Unknown time zone."
+    )

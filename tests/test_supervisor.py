@@ -142,6 +142,8 @@ def test_a_browser_that_changes_the_instructions_is_put_back_at_once_and_hung_up
     assert call.ended and fake.calls_to("hangup"), "the third change hangs up"
     row = supervised.row()
     assert (row["status"], row["reason"], row["strikes"]) == ("ended", "policy", 3)
+    [note] = [event["item"] for event in call.received if event["type"] == "conversation.item.create"]
+    assert note["role"] == "system" and "against this app's policy" in note["content"][0]["text"], "said why first"
     assert f"call {supervised.call_id}: the session was changed (instructions): violation 3 of 3" in caplog.text
 
 

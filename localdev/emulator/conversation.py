@@ -24,6 +24,7 @@ from ..service_rules import (
     updated_session,
 )
 from .media import DEFAULT_PITCH_HZ, VOICE_PITCH_HZ, ToneTrack
+from .tools import declared_functions, spoken_answer, tool_call_for
 
 SPEECH_LEVEL = 0.05  # peak level (0..1) a mic frame must reach to count as speech
 SPEECH_ONSET_MS = 200  # speech must last this long before speech_started, so clicks do not open a turn
@@ -77,6 +78,7 @@ class Conversation:
         self._spoke = False  # assistant audio is present: the voice is locked, as on the service
         self._last_user_text: str | None = None
         self._replayed_replies = 0  # assistant items a client created, i.e. context carried over from an earlier call
+        self._tool_outputs: list[str] = []  # function_call_output items since the last response: the next one speaks
         # Input buffer and VAD state, in milliseconds of microphone audio received (not wall time: deterministic).
         self._audio_ms = 0.0
         self._buffer_start_ms = 0.0
@@ -174,6 +176,8 @@ class Conversation:
             self._last_user_text = " ".join(texts)
         if role == "assistant":
             self._replayed_replies += 1
+        if item["type"] == "function_call_output":
+            self._tool_outputs.append(item["output"])
         self._add_item(item)
 
     def _add_item(self, item: dict) -> None:
@@ -308,16 +312,48 @@ class Conversation:
         self._start_response()
 
     def _start_response(self) -> None:
-        heard = f"You said: {self._last_user_text.rstrip('.!? ')}." if self._last_user_text else "I heard you."
-        # Say so when a client replayed earlier replies, so a page can show that context survived a new call.
-        memory = " I remember our conversation so far." if self._replayed_replies else ""
-        response = _Response(
-            id=new_id("resp"),
-            item_id=new_id("item"),
-            transcript=f"{heard}{memory} This is the local emulator, not Azure.",
-        )
+        """Speak from the tools' outputs the server sent, call a declared tool the user's words ask for (then wait
+        for its output), or answer with the canned line."""
+        if self._tool_outputs:
+            transcript, self._tool_outputs = spoken_answer(self._tool_outputs), []
+        elif call := tool_call_for(self._last_user_text, declared_functions(self._session)):
+            self._last_user_text = None  # asked and being answered: the words do not call the tool again
+            self._call_tool(*call)
+            return
+        else:
+            heard = f"You said: {self._last_user_text.rstrip('.!? ')}." if self._last_user_text else "I heard you."
+            # Say so when a client replayed earlier replies, so a page can show that context survived a new call.
+            memory = " I remember our conversation so far." if self._replayed_replies else ""
+            transcript = f"{heard}{memory} This is the local emulator, not Azure."
+        response = _Response(id=new_id("resp"), item_id=new_id("item"), transcript=transcript)
         self._response = response
         response.task = self._spawn(self._play(response))
+
+    def _call_tool(self, name: str, arguments: str) -> None:
+        """A response whose only output is a function call, in the service's events (§5); no audio. The model then
+        waits for a `function_call_output` and a `response.create` (from the server's sideband)."""
+        response = _Response(id=new_id("resp"), item_id=new_id("item"), transcript="")
+        item = {
+            "id": response.item_id,
+            "object": "realtime.item",
+            "type": "function_call",
+            "status": "in_progress",
+            "name": name,
+            "call_id": new_id("call"),
+            "arguments": "",
+        }
+        where = {"response_id": response.id, "item_id": item["id"], "output_index": 0, "call_id": item["call_id"]}
+        self._send("response.created", response=self._response_object(response, "in_progress"))
+        self._send("response.output_item.added", response_id=response.id, output_index=0, item=item)
+        previous, self._last_item_id = self._last_item_id, item["id"]
+        self._items[item["id"]] = item
+        self._send("conversation.item.added", previous_item_id=previous, item=item)
+        self._send("response.function_call_arguments.delta", **where, delta=arguments)
+        self._send("response.function_call_arguments.done", **where, arguments=arguments)
+        done = self._items[item["id"]] = {**item, "status": "completed", "arguments": arguments}
+        self._send("response.output_item.done", response_id=response.id, output_index=0, item=done)
+        self._send("conversation.item.done", previous_item_id=previous, item=done)
+        self._send("response.done", response=self._response_object(response, "completed", output=[done]))
 
     async def _play(self, response: _Response) -> None:
         """Stream the reply word by word while the tone plays for a plausible speaking time.
@@ -405,14 +441,19 @@ class Conversation:
             "content": content,
         }
 
-    def _response_object(self, response: _Response, status: str, status_details: dict | None = None) -> dict:
-        output_tokens = len(response.delivered.split())
+    def _response_object(
+        self, response: _Response, status: str, status_details: dict | None = None, output: list[dict] | None = None
+    ) -> dict:
+        """`output`: the response's items when they are not its spoken reply (a function call)."""
+        output_tokens = len(response.delivered.split()) or len(output or ())
         return {
             "id": response.id,
             "object": "realtime.response",
             "status": status,
             "status_details": status_details,
-            "output": [] if status == "in_progress" else [self._assistant_item(response, _item_status(status))],
+            "output": []
+            if status == "in_progress"
+            else output or [self._assistant_item(response, _item_status(status))],
             "output_modalities": _setting(self._session, "output_modalities"),
             "audio": {"output": {"voice": _setting(self._session, "audio", "output", "voice")}},
             "usage": None
