@@ -112,23 +112,23 @@ class FakeSession:
                 self._changed.notify_all()
 
     def client_event(self, message: str | bytes) -> None:
-        """An event a sideband sent: recorded, then handled by the emulator's conversation or here."""
+        """An event a sideband sent: handled by the emulator's conversation or here, then recorded, so a test that
+        saw it in `received` sees its effect (on the canned fake; the emulator handles it on its own loop)."""
         try:
             event = client_event(message)
         except ServiceError as problem:
             self._error(problem.code, problem.message, param=problem.param)
             return
-        with self._changed:
-            self.received.append(event)
-            self._changed.notify_all()
+        handler = self.handlers().get(event["type"])
         if self.peer is not None:
             self.peer(json.dumps(event))
-            return
-        handler = self.handlers().get(event["type"])
-        if handler is None:
+        elif handler is None:
             self._error("unknown_event", f"Unsupported event type '{event['type']}'.", event, "type")
         else:
             handler(event)
+        with self._changed:
+            self.received.append(event)
+            self._changed.notify_all()
 
     def handlers(self) -> dict[str, Callable[[dict], None]]:
         """The client events this kind of call takes from a sideband, by type (when no emulated peer holds it)."""
