@@ -56,8 +56,10 @@ class LiveCloser:
         except Refused as refused:
             if not refused.gone:
                 log.warning("live session %s: attach to close it refused (%s)", session_id, refused)
-                code = "upstream_auth" if refused.forbidden else "upstream_error"
-                raise ApiError(502, code, f"Azure OpenAI refused the attach to end the session ({refused}).") from None
+                message = f"Azure OpenAI refused the attach to end the session ({refused})."
+                if refused.forbidden:
+                    raise ApiError(502, "upstream_auth", message) from None
+                raise ApiError(502, "upstream_error", message) from None
             log.info("live session %s: already over (the attach found no session)", session_id)
         except TimeoutError:
             raise ApiError(

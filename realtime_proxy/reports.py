@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +19,7 @@ from .ledger import KEEP_ENDED_SECONDS, Ledger, decided_session
 from .tables import Row
 from .usage import EXAMPLE_PRICES, Usage
 
+DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})")
 MAX_CALLS = 5000  # newest first; a day of calls of a busy app stays well under a response's size
 # Why a call ended (docs/supervisor.md); rows that never became calls (failed connects) are not listed.
 REASONS = frozenset({"user", "time_limit", "policy", "operator", "service", "gone", "unrecorded"})
@@ -71,16 +73,15 @@ def _tool_calls(stored: object) -> int:
 
 
 def _since(raw: str | None, now: float) -> float:
-    if not raw:
+    """An RFC 3339 date-time, as openapi.json says (`2026-12-06T09:00:00Z`, an offset, fractions); absent: a day."""
+    if raw is None:
         return now - KEEP_ENDED_SECONDS
+    if not DATE_TIME.fullmatch(raw):
+        raise ApiError(400, "bad_request", "since must be an ISO 8601 time, such as 2026-12-06T09:00:00Z.")
     try:
-        if len(raw) > 64:
-            raise ValueError
-        moment = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
-    except ValueError:
+        moment = datetime.fromisoformat(raw.upper().replace("Z", "+00:00"))
+    except ValueError:  # the right shape, but no such day or hour
         raise ApiError(400, "bad_request", "since must be an ISO 8601 time, such as 2026-12-06T09:00:00Z.") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
 
 

@@ -398,7 +398,7 @@ def test_without_a_supervisor_no_tools_are_declared(fake: FakeAzureOpenAI, azuri
 
 
 def test_the_calls_report_refuses_a_since_that_is_not_a_time(app: Driven) -> None:
-    for since in ("yesterday", "2026-13-01", "9" * 100):
+    for since in ("yesterday", "2026-13-01T00:00:00Z", "2026-12-06", "2026-12-06T09:00:00", "", "9" * 100):
         response = in_flight(app.proxy.operator_calls(request(method="GET", params={"since": since}))).result()
         assert error_of(response, "/operator/calls", "GET")["code"] == "bad_request"
 
