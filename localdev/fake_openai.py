@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from .fake_call import FakeCall, FakeSession
@@ -35,9 +35,16 @@ from .sideband import SidebandSocket, accept_token
 if TYPE_CHECKING:
     from .emulator import PeerHost
 
-Answerer = Callable[[str, dict, str], str]  # (offer, session, call id) -> answer SDP
 Hangup = Callable[[str], object]  # ends the call's media and data channel (the emulator's peer)
 LIVE_ATTACH = re.compile(r"/openai/v1/live/sessions/([^/]+)/attach")
+
+
+class Answerer(Protocol):
+    """(offer, session, call id, webrtcfilter) -> answer SDP. `webrtc_filter`: the call was made with
+    `?webrtcfilter=on`, so its browser sees only some events; GPT-Live sessions, which have no such filter, are
+    answered without it."""
+
+    def __call__(self, offer: str, session: dict, call_id: str, webrtc_filter: bool = False, /) -> str: ...
 
 
 @dataclass
@@ -63,7 +70,7 @@ class Recorded:
     query: dict[str, list[str]]
 
 
-def canned_answer(offer: str, session: dict, call_id: str) -> str:
+def canned_answer(offer: str, session: dict, call_id: str, webrtc_filter: bool = False) -> str:
     """A well-formed SDP answer for tests that exercise HTTP only."""
     return (
         "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n"
@@ -190,7 +197,7 @@ class FakeAzureOpenAI:
             return self._hangup(headers, call_id or "")
         if endpoint == "live_sessions":
             return self._live_session(headers, body)
-        return self._call(headers, body)
+        return self._call(headers, query, body)
 
     @staticmethod
     def _check_ga(headers: dict[str, str], query: dict[str, list[str]]) -> None:
@@ -317,7 +324,7 @@ class FakeAzureOpenAI:
         if "reasoning" in session and model not in self.reasoning_deployments:
             raise ServiceError(400, "unknown_parameter", "Unknown parameter: 'session.reasoning'.", "session.reasoning")
 
-    def _call(self, headers: dict[str, str], body: bytes) -> tuple[int, dict, bytes]:
+    def _call(self, headers: dict[str, str], query: dict[str, list[str]], body: bytes) -> tuple[int, dict, bytes]:
         auth = headers.get("authorization", "")
         with self._lock:
             secret = self.secrets.get(auth[7:]) if auth.startswith("Bearer ") else None
@@ -330,7 +337,7 @@ class FakeAzureOpenAI:
             raise ServiceError(400, "invalid_offer", "The SDP offer is invalid.")
         call_id = "rtc_" + secrets.token_hex(12)
         try:
-            answer = self.answerer(offer, secret["session"], call_id)
+            answer = self.answerer(offer, secret["session"], call_id, query.get("webrtcfilter") == ["on"])
         except ValueError as exc:
             raise ServiceError(400, "invalid_offer", f"The SDP offer could not be applied: {exc}") from None
         call = FakeCall(call_id, effective_session(secret["session"]), self._ended)

@@ -28,6 +28,23 @@ AUDIO_INPUT_KEYS = {"transcription", "turn_detection", "noise_reduction"} | {"fo
 AUDIO_OUTPUT_KEYS = {"voice"} | {"format", "speed"}  # Azure's | OpenAI's
 SESSION_LIFETIME_S = 3600
 SESSION_EXPIRED = "Your session hit the maximum duration of 60 minutes."  # the service's words
+# The only server events `?webrtcfilter=on` lets through to the browser's data channel (realtime-api.md, "Details that
+# trip implementations"); a sideband still gets every event.
+WEBRTC_FILTER_PASSES = frozenset(
+    {
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "output_audio_buffer.started",
+        "output_audio_buffer.stopped",
+        "conversation.item.input_audio_transcription.completed",
+        "conversation.item.added",
+        "conversation.item.created",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.output_audio_transcript.delta",
+        "response.output_audio_transcript.done",
+    }
+)
 # What the service fills into a turn_detection object of each type (the other type's fields do not apply).
 TURN_DETECTION_DEFAULTS: dict[str, dict[str, Any]] = {
     "server_vad": {

@@ -509,15 +509,17 @@ class RealtimeSession extends EventTarget {
         if (failure) this.#serverError(failure);
         break;
       }
-      case "conversation.item.added":
-        this.#tool(event.item);
-        this.#notice(event.item);
-        break;
       case "response.output_item.added":
       case "response.output_item.done":
+        this.#tool(event.item, "call");
+        break;
+      case "conversation.item.added":
+        this.#tool(event.item, "output");
+        this.#notice(event.item);
+        break;
       case "conversation.item.created":
       case "conversation.item.done":
-        this.#tool(event.item);
+        this.#tool(event.item, "output");
         break;
       case "conversation.item.input_audio_transcription.delta":
         this.#transcript("user", itemId, "delta", event.delta);
@@ -590,13 +592,13 @@ class RealtimeSession extends EventTarget {
    * A tool the server runs (docs/tools.md), as far as the data channel shows it: one `tool` event when the model
    * calls it (`phase: "call"`, its name) and one when the server's answer joins the conversation (`phase: "output"`,
    * a short `summary`). The page never answers a call itself. Several events carry the same item: each phase once.
+   * A call shows only as its response makes it (`response.output_item.*`, which `?webrtcfilter=on` hides) and an
+   * output only for a call shown, so a filtered page, which still sees the conversation's items, shows no tool at all.
    */
-  #tool(item) {
+  #tool(item, phase) {
     const callId = item?.call_id;
-    if (!callId || (item.type !== "function_call" && item.type !== "function_call_output")) return;
-    const phase = item.type === "function_call" ? "call" : "output";
-    const shown = this.#tools.get(callId);
-    if (shown === phase || shown === "output") return;
+    if (!callId || item.type !== (phase === "call" ? "function_call" : "function_call_output")) return;
+    if (this.#tools.get(callId) !== (phase === "call" ? undefined : "call")) return;
     this.#tools.set(callId, phase);
     const detail = { callId, phase, name: item.name ?? null };
     if (phase === "output") detail.summary = toolSummary(item.output);

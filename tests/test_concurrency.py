@@ -25,7 +25,7 @@ def origin_line(sdp: str) -> str:
     return origin.group(0)
 
 
-def echo_answer(offer: str, session: dict, call_id: str) -> str:
+def echo_answer(offer: str, session: dict, call_id: str, webrtc_filter: bool = False) -> str:
     """An answer that carries its offer's session id, so a mixed-up answer is visible."""
     media = "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0"
     return f"v=0\r\n{origin_line(offer)}\r\ns=-\r\nt=0 0\r\n{media}\r\na=x-call:{call_id}\r\n"

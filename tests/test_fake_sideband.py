@@ -16,6 +16,7 @@ from localdev.emulator import PeerHost
 from localdev.emulator.tools import spoken_answer, tool_call_for
 from localdev.fake_call import FakeCall
 from localdev.fake_openai import FakeAzureOpenAI, Fault
+from localdev.service_rules import WEBRTC_FILTER_PASSES
 from tests.conftest import API_KEY, OFFER
 from tests.test_webrtc_peer import Browser
 
@@ -29,8 +30,10 @@ MINTED = {
 USAGE_KEYS = {"input_tokens", "output_tokens", "total_tokens", "input_token_details", "output_token_details"}
 
 
-def start_call(fake: FakeAzureOpenAI, session: dict | None = None, offer: str = OFFER) -> tuple[str, str]:
-    """Mint a secret and create a call as the app does; (call id, answer SDP)."""
+def start_call(
+    fake: FakeAzureOpenAI, session: dict | None = None, offer: str = OFFER, webrtc_filter: bool = False
+) -> tuple[str, str]:
+    """Mint a secret and create a call as the app does (with `?webrtcfilter=on` if asked); (call id, answer SDP)."""
     minted = requests.post(
         fake.url + "/openai/v1/realtime/client_secrets",
         headers={"api-key": API_KEY},
@@ -39,6 +42,7 @@ def start_call(fake: FakeAzureOpenAI, session: dict | None = None, offer: str = 
     )
     created = requests.post(
         fake.url + "/openai/v1/realtime/calls",
+        params={"webrtcfilter": "on"} if webrtc_filter else None,
         headers={"Authorization": "Bearer " + minted.json()["value"], "Content-Type": "application/sdp"},
         data=offer,
         timeout=TIMEOUT * 2,
@@ -433,6 +437,39 @@ def test_the_browser_leaving_ends_the_emulated_call_for_its_sidebands(emulator: 
             assert await sideband.closed(timeout=15) == 1000
         call = emulator.call(call_id)
         assert (call.end_reason, emulator.calls[call_id]) == ("gone", "ended")
+
+    asyncio.run(main())
+
+
+def test_a_filtered_calls_browser_sees_only_what_the_filter_passes_and_its_sideband_sees_all(
+    emulator: FakeAzureOpenAI,
+) -> None:
+    async def main() -> None:
+        browser = Browser()
+        await browser.pc.setLocalDescription(await browser.pc.createOffer())
+        call_id, answer = await asyncio.to_thread(
+            start_call, emulator, MINTED, browser.pc.localDescription.sdp, webrtc_filter=True
+        )
+        try:
+            async with aiohttp.ClientSession() as http:
+                sideband = await Sideband.attach(http, emulator, call_id)  # before the channel opens: sees it all
+                await browser.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+                await until(lambda: browser.channel.readyState == "open", "the browser's channel to open")
+                browser.send({"type": "no.such.event"})
+                message = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi there"}]}
+                browser.send({"type": "conversation.item.create", "item": message})
+                browser.send({"type": "response.create"})
+                spoken = await browser.expect("response.output_audio_transcript.done")
+                assert spoken["transcript"].startswith("You said: Hi there.")
+                await browser.expect("output_audio_buffer.stopped")  # the reply's last event
+                seen = {event["type"] for event in browser.events}
+                assert seen <= WEBRTC_FILTER_PASSES, seen - WEBRTC_FILTER_PASSES
+                assert {"conversation.item.added", "output_audio_buffer.started"} <= seen
+                for hidden in ("session.created", "error", "response.done"):
+                    await sideband.expect(hidden)  # in this order on the call
+                assert (await sideband.expect("output_audio_buffer.stopped"))["response_id"] == spoken["response_id"]
+        finally:
+            await browser.hang_up()
 
     asyncio.run(main())
 

@@ -107,8 +107,8 @@ def vanishing_service() -> Iterator[FakeAzureOpenAI]:
     """A service that answers each call, then loses it, as a broken network would: nothing ever connects."""
     peers = PeerHost()
 
-    def answer_then_vanish(offer: str, session: dict, call_id: str) -> str:
-        answer = peers.answer(offer, session, call_id)
+    def answer_then_vanish(offer: str, session: dict, call_id: str, webrtc_filter: bool = False) -> str:
+        answer = peers.answer(offer, session, call_id, webrtc_filter)
         peers.drop(call_id)
         return answer
 

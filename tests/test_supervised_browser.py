@@ -1,7 +1,7 @@
 """A supervised call as a user meets it, in a real Chromium through the real local host: `/connect` hands the call to
 the Storage queue on Azurite, the host's queue trigger runs the supervisor, which joins the emulator's call over the
-sideband. The page's own session changes are put back, a page that insists is hung up and says why, the server runs
-the tools the model calls, and a page that leaves without a word frees its slot at once (docs/supervisor.md).
+sideband. The page's own session changes are put back, a page that insists is hung up and says why, and a page that
+leaves without a word frees its slot at once (docs/supervisor.md). The tools it runs: tests/test_tools_browser.py.
 
 The page opens its calls muted, so the fake microphone opens no turn of its own: the only turns are typed ones.
 Every wait is for something the page, the emulator or `GET /operator/calls` shows, with a time limit.
@@ -9,7 +9,6 @@ Every wait is for something the page, the emulator or `GET /operator/calls` show
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -29,7 +28,6 @@ from tests.test_browser_e2e import ASSISTANT_LINES, CONNECT_TIMEOUT_MS, browser,
 
 pytestmark = [pytest.mark.browser, tools.chromium.needed]
 NOTICE = "#call-notice-text"
-TOOL_LINE = '#transcript [data-role="tool"]'
 RESTORE_WITHIN_S = 1.0
 ATTACH_TIMEOUT_S = 20.0  # the queue's poll, the trigger and the sideband's handshake on a loaded machine
 # Every event the page's data channel carries, both ways, with when it arrived: what the page saw.
@@ -55,11 +53,10 @@ def emulator(peers: PeerHost) -> Iterator[FakeAzureOpenAI]:  # noqa: F811
     service.close()
 
 
-@pytest.fixture(scope="module")
-def app(emulator: FakeAzureOpenAI, azurite_server: Azurite) -> Iterator[LocalHost]:
-    """The app under the local host on the module's Azurite, with one session slot in all."""
+def supervised_host(emulator: FakeAzureOpenAI, azurite_server: Azurite, **settings: str) -> LocalHost:
+    """The app under the local host on its own part of Azurite, with one session slot in all; `settings` on top."""
     storage = Storage(azurite_server, new_prefix())
-    host = LocalHost(
+    return LocalHost(
         {
             "AZURE_OPENAI_BASE_URL": emulator.url,
             "AZURE_OPENAI_API_KEY": API_KEY,
@@ -71,8 +68,14 @@ def app(emulator: FakeAzureOpenAI, azurite_server: Azurite) -> Iterator[LocalHos
             "LOCAL_QUEUE_POLL_SECONDS": "0.2",
             "MAX_ACTIVE_SESSIONS": "1",
             "RATE_LIMIT_PER_MINUTE": "0",
+            **settings,
         }
     )
+
+
+@pytest.fixture(scope="module")
+def app(emulator: FakeAzureOpenAI, azurite_server: Azurite) -> Iterator[LocalHost]:
+    host = supervised_host(emulator, azurite_server)
     yield host
     host.close()
 
@@ -207,39 +210,6 @@ def test_a_page_that_insists_is_hung_up_and_says_why(page: Page, peers, emulator
     call = reported(app, peer.call_id, since)
     assert (call["endReason"], call["strikes"]) == ("policy", 3), call
     page.wait_for_selector("#start:not([disabled])", timeout=20_000)
-
-
-def test_a_typed_question_runs_the_servers_tool_and_the_answer_is_spoken(page: Page, peers, emulator, app) -> None:  # noqa: F811
-    since = now()
-    peer = start(page, peers, emulator)
-    page.evaluate("""() => {
-        window.toolTexts = [];
-        new MutationObserver(() => document.querySelectorAll('#transcript [data-role="tool"]')
-            .forEach((line) => window.toolTexts.push(line.textContent)))
-            .observe(document.getElementById('transcript'), { subtree: true, childList: true, characterData: true });
-    }""")
-    say(page, "What time is it?")
-    result = page.locator(TOOL_LINE)
-    expect(result).to_have_text(
-        re.compile(r"^Looked up get_current_time: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d$"),
-        timeout=20_000,
-    )
-    assert "Looking up: get_current_time…" in page.evaluate("window.toolTexts"), "the call showed while it ran"
-    hhmm = result.inner_text().split("T")[1][:5]
-    answer = page.locator(ASSISTANT_LINES).last
-    expect(answer).to_have_attribute("aria-busy", "false", timeout=20_000)
-    assert f"It is {hhmm} in Europe/Paris." in answer.inner_text()
-    sent = page.evaluate("window.sentEvents.map((event) => event.item?.type ?? event.type)")
-    assert "function_call_output" not in sent, "the page never answers a call itself"
-    outputs = [
-        event
-        for event in emulator.call(peer.call_id).received
-        if event["type"] == "conversation.item.create" and event["item"]["type"] == "function_call_output"
-    ]
-    assert len(outputs) == 1, "the server answered over the sideband"
-    end(page)
-    call = reported(app, peer.call_id, since)
-    assert call["endReason"] == "user", call
 
 
 def test_a_page_that_leaves_without_hanging_up_frees_its_slot_at_once(

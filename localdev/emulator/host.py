@@ -61,18 +61,29 @@ class PeerHost:
             future.cancel()
             raise
 
-    def answer(self, offer_sdp: str, session: dict, call_id: str | None = None, timeout: float = 10.0) -> str:
+    def answer(
+        self,
+        offer_sdp: str,
+        session: dict,
+        call_id: str | None = None,
+        webrtc_filter: bool = False,
+        timeout: float = 10.0,
+    ) -> str:
         """Create a call for this offer and return the complete answer SDP; ValueError if the offer is unusable.
 
-        `call_id` is the id the HTTP side announces in `Location`, so tests can find this call's peer."""
-        return self._on_loop(self._answer, offer_sdp, session, call_id or new_id("rtc"), timeout=timeout)
+        `call_id` is the id the HTTP side announces in `Location`, so tests can find this call's peer;
+        `webrtc_filter`: the call was made with `?webrtcfilter=on` (see `EmulatedPeer`)."""
+        call_id = call_id or new_id("rtc")
+        return self._on_loop(self._answer, offer_sdp, session, call_id, False, webrtc_filter, timeout=timeout)
 
     def answer_live(self, offer_sdp: str, session: dict, session_id: str | None = None, timeout: float = 10.0) -> str:
         """As `answer`, for a GPT-Live session (`FakeAzureOpenAI(live_answerer=...)`): its peer speaks GPT-Live."""
         return self._on_loop(self._answer, offer_sdp, session, session_id or new_id("sess"), True, timeout=timeout)
 
-    async def _answer(self, offer_sdp: str, session: dict, call_id: str, live: bool = False) -> str:
-        peer = EmulatedPeer(session, call_id, live)
+    async def _answer(
+        self, offer_sdp: str, session: dict, call_id: str, live: bool = False, webrtc_filter: bool = False
+    ) -> str:
+        peer = EmulatedPeer(session, call_id, live, webrtc_filter)
         try:
             answer_sdp = await peer.negotiate(offer_sdp)
         except BaseException:  # also on cancellation by a timed-out caller: release the sockets

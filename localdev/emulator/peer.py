@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import deque
 from collections.abc import Coroutine
 from typing import Any
@@ -11,6 +12,7 @@ from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessi
 from aiortc.mediastreams import MediaStreamTrack
 
 from ..fake_call import FakeSession
+from ..service_rules import WEBRTC_FILTER_PASSES
 from .conversation import Conversation
 from .live import LiveConversation
 from .media import ToneTrack, audio_frames, peak_level
@@ -33,8 +35,11 @@ class EmulatedPeer:
     Lives on the PeerHost loop; the public attributes are plain values so tests may read them from any thread.
     """
 
-    def __init__(self, session: dict, call_id: str, live: bool = False) -> None:
+    def __init__(self, session: dict, call_id: str, live: bool = False, webrtc_filter: bool = False) -> None:
+        """`webrtc_filter`: the call was created with `?webrtcfilter=on`, so the browser's data channel carries only
+        `WEBRTC_FILTER_PASSES`; sidebands still get every event."""
         self.call_id = call_id
+        self.webrtc_filter = webrtc_filter
         self.mic_frames = 0
         self.mic_peak = 0.0
         self.channel_open = False
@@ -177,10 +182,13 @@ class EmulatedPeer:
         self.conversation.greet()
 
     def _deliver(self, text: str) -> None:
-        if self._channel is not None and self._channel.readyState == "open":
+        if self._channel is not None and self._channel.readyState == "open" and self._browser_sees(text):
             self._channel.send(text)
         if self._call is not None:
             self._call.mirror(text)
+
+    def _browser_sees(self, text: str) -> bool:
+        return not self.webrtc_filter or json.loads(text)["type"] in WEBRTC_FILTER_PASSES
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio":
