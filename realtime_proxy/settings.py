@@ -10,6 +10,7 @@ import ipaddress
 import json
 import os
 import re
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -126,6 +127,8 @@ class Settings:
     connect_auth_level: str = "anonymous"
     allowed_origins: tuple[str, ...] = ()
     emulator: bool = False
+    proxy: str | None = None  # the proxy to the resource, chosen once as `requests` would (proxy_for)
+    ca_bundle: str | None = None  # REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE: the CA file for TLS to the resource
     policy: SessionPolicy = SessionPolicy()
     limits: Limits = Limits()
     shared: SharedLimits = SharedLimits()
@@ -165,6 +168,35 @@ def normalize_base_url(raw: str) -> str:
             path = path[: -len(suffix)]
             break
     return f"{parts.scheme}://{parts.netloc}{path}"
+
+
+def proxy_for(url: str, env: Mapping[str, str]) -> str | None:
+    """The proxy `requests` would choose for this URL (HTTPS_PROXY/HTTP_PROXY/ALL_PROXY, NO_PROXY with host
+    suffixes and CIDR ranges), read once at start-up: the resource URL is fixed, so per-request scans of
+    the environment would only cost time. Names as urllib reads them: any case, a lowercase one wins."""
+    proxies: dict[str, str] = {}
+    for name, value in env.items():
+        if value and name.lower().endswith("_proxy"):
+            proxies[name.lower()[:-6]] = value
+    for name, value in env.items():
+        if name.endswith("_proxy") and name == name.lower():
+            proxies[name[:-6]] = value
+    proxies = {scheme: value for scheme, value in proxies.items() if value}
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    no_proxy = [entry.strip() for entry in proxies.get("no", "").split(",") if entry.strip()]
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # in CPython; typeshed omits it
+    if bypass(host, proxies) or _in_cidr(host, no_proxy):
+        return None
+    return proxies.get(parts.scheme) or proxies.get("all")
+
+
+def _in_cidr(host: str, entries: list[str]) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+        return any("/" in entry and address in ipaddress.ip_network(entry, strict=False) for entry in entries)
+    except ValueError:
+        return False
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -270,6 +302,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         connect_auth_level=read.choice("CONNECT_AUTH_LEVEL", "anonymous", ("anonymous", "function")),
         allowed_origins=tuple(origin.rstrip("/").lower() for origin in read.items("ALLOWED_ORIGINS")),
         emulator=read.flag("REALTIME_EMULATOR"),
+        proxy=proxy_for(resource_url, read.env) if resource_url else None,
+        ca_bundle=read.text("REQUESTS_CA_BUNDLE") or read.text("CURL_CA_BUNDLE"),
         policy=_read_policy(read),
         limits=_read_limits(read),
         shared=shared,

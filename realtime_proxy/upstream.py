@@ -11,13 +11,10 @@ creating a call (GPT-Live, realtime_proxy/live.py) use too.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import math
-import os
 import re
 import ssl
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,28 +62,6 @@ class Answer:
             return None
 
 
-def proxy_for(url: str) -> str | None:
-    """The proxy `requests` would choose for this URL (HTTPS_PROXY/HTTP_PROXY/ALL_PROXY, NO_PROXY with host
-    suffixes and CIDR ranges), read once at start-up: the resource URL is fixed, so per-request scans of
-    the environment would only cost time."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    proxies = urllib.request.getproxies_environment()
-    no_proxy = [entry.strip() for entry in proxies.get("no", "").split(",") if entry.strip()]
-    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # in CPython; typeshed omits it
-    if bypass(host, proxies) or _in_cidr(host, no_proxy):
-        return None
-    return proxies.get(parts.scheme) or proxies.get("all")
-
-
-def _in_cidr(host: str, entries: list[str]) -> bool:
-    try:
-        address = ipaddress.ip_address(host)
-        return any("/" in entry and address in ipaddress.ip_network(entry, strict=False) for entry in entries)
-    except ValueError:
-        return False
-
-
 class Upstream:
     def __init__(
         self, settings: Settings, credentials: Credentials, on_answer: Callable[[Answer], object] = lambda answer: None
@@ -94,9 +69,10 @@ class Upstream:
         self.settings = settings
         self.credentials = credentials
         self.on_answer = on_answer  # every answer's status, retries included (telemetry)
-        self.proxy = proxy_for(settings.endpoint("calls"))
-        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-        self.ssl: ssl.SSLContext | bool = ssl.create_default_context(cafile=bundle) if bundle else True
+        self.proxy = settings.proxy
+        self.ssl: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=settings.ca_bundle) if settings.ca_bundle else True
+        )
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 

@@ -112,15 +112,14 @@ class ForwardProxy:
         self.server.server_close()
 
 
-def test_proxy_variables_are_honoured_as_requests_would(fake, monkeypatch) -> None:
+def test_proxy_variables_are_honoured_as_requests_would(fake) -> None:
     forward = ForwardProxy()
     try:
-        monkeypatch.setenv("HTTP_PROXY", forward.url)
-        assert make_proxy(fake).connect(offer_request()).status_code == 201
+        assert make_proxy(fake, HTTP_PROXY=forward.url).connect(offer_request()).status_code == 201
         assert [path.rsplit("/", 1)[-1] for path in forward.seen] == ["client_secrets", "calls"]
         for no_proxy in ("127.0.0.1", "localhost,127.0.0.0/8", "*"):
-            monkeypatch.setenv("NO_PROXY", no_proxy)
-            assert make_proxy(fake).connect(offer_request()).status_code == 201
+            app = make_proxy(fake, HTTP_PROXY=forward.url, NO_PROXY=no_proxy)
+            assert app.connect(offer_request()).status_code == 201
             assert len(forward.seen) == 2, f"NO_PROXY={no_proxy} names the resource: no proxy"
     finally:
         forward.close()
