@@ -76,6 +76,10 @@ def install() -> None:
         return _scrubbed(previous(*args, **kwargs))
 
     logging.setLogRecordFactory(factory)
+    # The Azure SDK logs every HTTP request's and answer's headers at INFO: with supervisors renewing a lease every
+    # 30 s per call that is most of a busy app's log (and Application Insights bill). Its warnings still show, and an
+    # owner chasing a storage problem lowers this logger's level again.
+    logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
     _installed = True
 
 

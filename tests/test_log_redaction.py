@@ -11,7 +11,8 @@ from tests.conftest import API_KEY, make_proxy, offer_request
 from tests.test_shared_limits import hang_up_request
 from tests.test_storage_faults import storage_env
 
-LIBRARIES = ("azure", "aiohttp", "asyncio", "urllib3")
+# The app quiets the Azure SDK's per-request HTTP log (realtime_proxy/logs.py); an owner chasing a problem opens it.
+LIBRARIES = ("azure", "azure.core.pipeline.policies.http_logging_policy", "aiohttp", "asyncio", "urllib3")
 
 
 @pytest.fixture
@@ -53,3 +54,11 @@ def test_a_secret_a_library_logs_is_redacted_on_every_logger_of_the_process(fake
     logging.getLogger(name).debug("request headers: api-key=%s Authorization: Bearer %s", API_KEY, "eyJ" + "a" * 40)
     logged = text_of(everything)
     assert "request headers" in logged and API_KEY not in logged and "eyJ" + "a" * 40 not in logged
+
+
+def test_the_sdks_per_request_http_log_is_quiet_by_default(caplog: pytest.LogCaptureFixture) -> None:
+    """Every lease renewal and heartbeat is a storage request: at INFO, their headers would fill the log."""
+    caplog.set_level(logging.INFO)  # the app's own lines at INFO, as host.json's "Function": "Information" has them
+    quiet = logging.getLogger("azure.core.pipeline.policies.http_logging_policy")
+    assert not quiet.isEnabledFor(logging.INFO) and quiet.isEnabledFor(logging.WARNING)
+    assert logging.getLogger("azure.data.tables").isEnabledFor(logging.INFO), "only the per-request log is quieted"
