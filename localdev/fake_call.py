@@ -55,6 +55,7 @@ class FakeSession:
         self.call_id = call_id
         self.session = session  # the whole effective session, as the last session.created/updated carried it
         self.received: list[dict] = []  # well-formed events the sidebands sent, in order
+        self._handled = 0  # how many of them have been handled (wait_received waits for that too)
         self.attaches = 0
         self.max_attached = 0
         self.ended = False
@@ -74,10 +75,11 @@ class FakeSession:
             return len(self._sidebands)
 
     def wait_received(self, predicate: Callable[[dict], bool], timeout: float = 5.0) -> dict:
-        """The first event a sideband sent that matches, waiting for it; TimeoutError if none came in time."""
+        """The first event a sideband sent that matches, once the call has handled it (its effects are visible);
+        TimeoutError if none came in time."""
 
         def first() -> dict | None:
-            return next((event for event in self.received if predicate(event)), None)
+            return next((event for event in self.received[: self._handled] if predicate(event)), None)
 
         with self._changed:
             found = self._changed.wait_for(first, timeout)
@@ -112,23 +114,27 @@ class FakeSession:
                 self._changed.notify_all()
 
     def client_event(self, message: str | bytes) -> None:
-        """An event a sideband sent: handled by the emulator's conversation or here, then recorded, so a test that
-        saw it in `received` sees its effect (on the canned fake; the emulator handles it on its own loop)."""
+        """An event a sideband sent: recorded, then handled by the emulator's conversation or here; `wait_received`
+        answers once it is handled (on the canned fake; the emulator handles it on its own loop)."""
         try:
             event = client_event(message)
         except ServiceError as problem:
             self._error(problem.code, problem.message, param=problem.param)
             return
-        handler = self.handlers().get(event["type"])
-        if self.peer is not None:
-            self.peer(json.dumps(event))
-        elif handler is None:
-            self._error("unknown_event", f"Unsupported event type '{event['type']}'.", event, "type")
-        else:
-            handler(event)
         with self._changed:
             self.received.append(event)
-            self._changed.notify_all()
+        handler = self.handlers().get(event["type"])
+        try:
+            if self.peer is not None:
+                self.peer(json.dumps(event))
+            elif handler is None:
+                self._error("unknown_event", f"Unsupported event type '{event['type']}'.", event, "type")
+            else:
+                handler(event)
+        finally:
+            with self._changed:
+                self._handled += 1
+                self._changed.notify_all()
 
     def handlers(self) -> dict[str, Callable[[dict], None]]:
         """The client events this kind of call takes from a sideband, by type (when no emulated peer holds it)."""

@@ -209,6 +209,7 @@ def test_the_callers_end_of_a_live_call_closes_the_session_and_frees_its_slot(fa
     assert ended.status_code == 200
     assert fake.calls_to("hangup") == [], "a live session is not a realtime call"
     session = fake.live_call(session_id)
+    session.wait_received(lambda event: event["type"] == "session.close")  # recorded once handled: it ends the session
     assert session.ended and [e["type"] for e in session.received] == ["session.close"]
     assert fake.calls_to("attach")[0].headers["api-key"] == API_KEY
     assert proxy.connect(offer_request({"model": "gpt-live-1"})).status_code == 201, "the slot is free again"
