@@ -10,10 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 
 from tests.conftest import API_KEY, OFFER, WORKER_LOOP, LocalHost, error_of, make_proxy, offer_request
+from tests.test_storage_faults import storage_env as shared_storage
 
 
 def storage_env(azurite, name: str = "limits") -> dict[str, str]:
-    return {"AzureWebJobsStorage": azurite.connection_string, "LIMITS_TABLE": azurite.table(name)}
+    """The limits and the minute sweep on their own: supervision (tested in tests/test_supervisor*.py) is off, so it
+    neither ends these calls first nor adds its queue and lease traffic to the storage these tests load on purpose."""
+    return {**shared_storage(azurite, name), "REALTIME_SUPERVISOR": "off"}
 
 
 def test_the_app_wide_limit_holds_across_two_app_processes(fake, azurite) -> None:
