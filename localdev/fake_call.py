@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Protocol
 
 from .service_rules import SESSION_EXPIRED, ServiceError, checked_item, client_event, new_id, updated_session
 
@@ -50,6 +50,8 @@ def usage_for(transcript: str) -> dict[str, Any]:
 
 class FakeSession:
     """A call's sockets and end, whatever its kind; subclasses say how it handles what a sideband sends."""
+
+    UPDATE_FIELDS: ClassVar[Mapping[str, str]] = {}  # what every `session.update` of this kind of session carries
 
     def __init__(self, call_id: str, session: dict, on_end: Callable[[FakeSession, str], None]) -> None:
         self.call_id = call_id
@@ -140,6 +142,16 @@ class FakeSession:
         """The client events this kind of call takes from a sideband, by type (when no emulated peer holds it)."""
         return {}
 
+    def browser_update(self, session_patch: dict) -> None:
+        """As if the browser sent `session.update` with this patch on its data channel (a realtime session's
+        `type` added): the whole session goes to every sideband in `session.updated`, or an `error` if the
+        service would refuse it."""
+        event = {"type": "session.update", "session": {**self.UPDATE_FIELDS, **session_patch}}
+        if self.peer is not None:
+            self.peer(json.dumps(event))
+        else:
+            self.handlers()["session.update"](event)
+
     # -- what the service sends -------------------------------------------------------------------
 
     def emit(self, event: dict) -> None:
@@ -202,6 +214,8 @@ class FakeSession:
 class FakeCall(FakeSession):
     """A realtime call (§5): session updates, items and responses, as the canned service answers them."""
 
+    UPDATE_FIELDS: ClassVar[Mapping[str, str]] = {"type": "realtime"}
+
     def __init__(self, call_id: str, session: dict, on_end: Callable[[FakeSession, str], None]) -> None:
         super().__init__(call_id, session, on_end)
         self._tool_loop: tuple[str, str] | None = None
@@ -223,15 +237,6 @@ class FakeCall(FakeSession):
         """`session_expired` says so in an `error` event."""
         if reason == "session_expired":
             self._error("session_expired", SESSION_EXPIRED)
-
-    def browser_update(self, session_patch: dict) -> None:
-        """As if the browser sent `session.update` with this patch (`type: realtime` added): the whole session
-        goes to every sideband in `session.updated`, or an `error` if the service would refuse it."""
-        event = {"type": "session.update", "session": {"type": "realtime", **session_patch}}
-        if self.peer is not None:
-            self.peer(json.dumps(event))
-        else:
-            self._on_session_update(event)
 
     def respond(self, usage: dict | None = None, transcript: str = "Here is what I found for you.") -> str:
         """One spoken answer, `response.created` to `response.done` (with `usage`, §5); returns the response id."""

@@ -17,10 +17,11 @@ from collections.abc import Callable
 from typing import Any
 
 from .fake_call import FakeSession, usage_for
-from .service_rules import VOICES, ServiceError, merged, only
+from .service_rules import VOICES, ServiceError, new_id, only
 
 SESSION_KEYS = {"model", "instructions", "audio", "delegation"}
 RESPONSES_KEYS = {"model", "instructions", "tools", "tool_choice"}
+TOOL_KEYS = {"type", "name", "description", "parameters", "strict"}
 APPENDS = ("session.instructions.append", "session.thinking.append", "session.commentary.append")
 MAX_APPEND_CHARS = 2000  # about 500 tokens, the documented bound on appended context
 # How a session ended (FakeSession.end's reasons) as `session.closed` says it.
@@ -67,7 +68,7 @@ def check_live_session(session: object) -> None:
     if kind == "client" and "responses" not in delegation:
         return
     if kind == "responses" and isinstance(delegation.get("responses"), dict):
-        only(delegation["responses"], RESPONSES_KEYS, "session.delegation.responses.")
+        check_responses(delegation["responses"])
         return
     raise ServiceError(
         400,
@@ -75,6 +76,26 @@ def check_live_session(session: object) -> None:
         "session.delegation must be {'type': 'client'} or {'type': 'responses', 'responses': {…}}.",
         "session.delegation",
     )
+
+
+def check_responses(responses: dict) -> None:
+    """`delegation.responses`: a Responses model, and function tools in the Responses shape."""
+    only(responses, RESPONSES_KEYS, "session.delegation.responses.")
+    where = "session.delegation.responses."
+    if not isinstance(responses.get("model"), str):
+        raise ServiceError(400, "missing_required_parameter", f"Missing required parameter: '{where}model'.")
+    if "instructions" in responses and not isinstance(responses["instructions"], str):
+        raise ServiceError(400, "invalid_type", f"{where}instructions must be a string.", f"{where}instructions")
+    tools = responses.get("tools", [])
+    if not isinstance(tools, list):
+        raise ServiceError(400, "invalid_type", f"{where}tools must be an array.", f"{where}tools")
+    for index, tool in enumerate(tools):
+        only(tool, TOOL_KEYS, f"{where}tools[{index}].")
+        if tool.get("type") != "function" or not isinstance(tool.get("name"), str):
+            message = f"{where}tools[{index}] must be a function tool with a name."
+            raise ServiceError(400, "invalid_value", message, f"{where}tools[{index}]")
+    if responses.get("tool_choice", "auto") not in ("auto", "none", "required"):
+        raise ServiceError(400, "invalid_value", f"Invalid value for '{where}tool_choice'.", f"{where}tool_choice")
 
 
 def check_live_update(update: object) -> None:
@@ -86,6 +107,8 @@ def check_live_update(update: object) -> None:
     if fixed is not None:
         message = f"session.{fixed} cannot be changed once a GPT-Live session has started."
         raise ServiceError(400, "immutable_parameter", message, f"session.{fixed}")
+    if "delegation" in update:
+        check_live_session({"model": "-", "delegation": update["delegation"]})
 
 
 def check_append(event: dict) -> str:
@@ -116,14 +139,75 @@ class LiveCall(FakeSession):
     def __init__(self, session_id: str, session: dict, on_end: Callable[[FakeSession, str], None]) -> None:
         super().__init__(session_id, {**session, "id": session_id, "object": "live.session"}, on_end)
         self.usage: dict[str, Any] = {}  # cumulative, as `session.closed` reports it
+        self.outputs: dict[str, str] = {}  # delegated function calls' outputs, by call_id
+        self._awaiting: dict[str, str] = {}  # delegated call_id -> its delegation, until its output comes
+        self._answered: set[str] = set()  # delegations whose outputs came, until a response.create continues them
         self._started = time.monotonic()
 
     def handlers(self) -> dict[str, Callable[[dict], None]]:
+        """No response lifecycle, except to answer a `responses` delegation's function calls."""
+        delegated = {"response.item.create": self._on_delegated_output, "response.create": self._on_delegated_create}
         return {
             "session.close": lambda event: self.end("close_requested"),
             "session.update": self._on_update,
             **dict.fromkeys(APPENDS, self._on_append),
+            **(delegated if self.session.get("delegation", {}).get("type") == "responses" else {}),
         }
+
+    def delegate_tools(self, calls: list[tuple[str, str]]) -> list[str]:
+        """GPT-Live delegates a task and its Responses model calls these function tools, (name, arguments JSON)
+        each, in one response, its events wrapped as §6 describes; returns the `call_id`s an answer must name."""
+        delegation = self.session["delegation"]
+        assert delegation["type"] == "responses", "the session was created with client delegation"
+        delegation_id, response_id = new_id("dlg"), new_id("resp")
+        self.emit({"type": "session.delegation.created", "delegation": {"id": delegation_id, "target": "responses"}})
+        items = [
+            {"id": new_id("fc"), "type": "function_call", "status": "completed", "call_id": new_id("call"),
+             "name": name, "arguments": arguments}
+            for name, arguments in calls
+        ]  # fmt: skip
+        for index, item in enumerate(items):
+            self._delegated(delegation_id, {"type": "response.output_item.done", "output_index": index, "item": item})
+        self._delegated(
+            delegation_id,
+            {"type": "response.completed", "response": {"id": response_id, "status": "completed", "output": items}},
+        )
+        self._awaiting.update((item["call_id"], delegation_id) for item in items)
+        return [item["call_id"] for item in items]
+
+    def _delegated(self, delegation_id: str, event: dict) -> None:
+        self.emit({"type": "response.event", "delegation_id": delegation_id, "event": event})
+
+    def _on_delegated_output(self, event: dict) -> None:
+        """`response.item.create`: a function call's output, for a call the delegate made and is waiting on."""
+        item = event.get("item")
+        try:
+            only(event, {"type", "event_id", "item"}, "")
+            only(item, {"type", "call_id", "output"}, "item.")
+            assert isinstance(item, dict)
+            if item.get("type") != "function_call_output" or not isinstance(item.get("output"), str):
+                raise ServiceError(400, "invalid_value", "item must be a function_call_output with an output.", "item")
+            if item.get("call_id") not in self._awaiting:
+                raise ServiceError(
+                    400, "invalid_value", "No delegated call is waiting on this call_id.", "item.call_id"
+                )
+        except ServiceError as problem:
+            self._error(problem.code, problem.message, event, problem.param)
+            return
+        self.outputs[item["call_id"]] = item["output"]
+        self._answered.add(self._awaiting.pop(item["call_id"]))
+
+    def _on_delegated_create(self, event: dict) -> None:
+        """`response.create`: the delegate answers from the outputs it got, and GPT-Live speaks the result."""
+        if set(event) - {"type", "event_id"} or not self._answered:
+            self._error("invalid_value", "response.create continues a delegation that received its outputs.", event)
+            return
+        for delegation_id in sorted(self._answered):
+            if delegation_id in self._awaiting.values():
+                continue  # a call of this delegation still has no output
+            self._answered.discard(delegation_id)
+            self._delegated(delegation_id, {"type": "response.completed", "response": {"status": "completed"}})
+            self.say("Here is what I found.")
 
     def hear(self, text: str) -> None:
         """The user's words, as one `session.input_transcript.delta` fragment."""
@@ -148,7 +232,7 @@ class LiveCall(FakeSession):
         except ServiceError as problem:
             self._error(problem.code, problem.message, event, problem.param)
             return
-        self.session = merged(self.session, event["session"])
+        self.session = {**self.session, **event["session"]}  # a new delegation replaces the old one whole
         self.emit({"type": "session.updated", "client_event_id": event.get("event_id"), "session": self.session})
 
     def _on_append(self, event: dict) -> None:

@@ -2,8 +2,9 @@
 
 A browser holding the data channel can send `session.update`; the service then sends every party a
 `session.updated` carrying the whole session (realtime-api.md §5). This compares it with what the server sent
-when it minted the call's secret. Only the fields the server set count, and within them only the keys it set:
-the service fills in defaults (a turn detection's threshold, audio formats), and those are not violations.
+when it minted the call's secret (or created the GPT-Live session). Only the fields the server set count, and
+within them only the keys it set: the service fills in defaults (a turn detection's threshold, audio formats),
+and those are not violations.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ GUARDED: tuple[tuple[str, ...], ...] = (
     ("audio", "output", "voice"),
     ("audio", "input", "turn_detection"),
     ("audio", "input", "transcription"),
+    ("delegation",),  # GPT-Live: the one field its session.update may change (policy.live_session_config)
 )
 TURN_DETECTION = ("audio", "input", "turn_detection")
 _MISSING = object()
@@ -45,8 +47,9 @@ class PolicyGuard:
         return changed
 
     def restore(self, changed: list[str]) -> dict[str, Any]:
-        """The sparse `session.update` (a valid GA event: `session.type`) that puts the server's values back."""
-        session: dict[str, Any] = {"type": self.decided.get("type", "realtime")}
+        """The sparse `session.update` that puts the server's values back: with `session.type` as a realtime
+        session needs it; a GPT-Live session has no type and takes no other field."""
+        session: dict[str, Any] = {"type": self.decided["type"]} if "type" in self.decided else {}
         for name in changed:
             path = tuple(name.split("."))
             node = session

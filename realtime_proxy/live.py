@@ -15,14 +15,14 @@ instance can end any session; a session the service no longer knows (404 on atta
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
 from .errors import ApiError
 from .exchange import Stage
 from .logs import logger
 from .offer import Offer
-from .policy import live_session_config
+from .policy import CLIENT_DELEGATION, live_session_config
 from .settings import SessionPolicy
 from .sideband import NORMAL_CLOSE, Refused, Sideband
 from .upstream import CALL_ID, Answer, Call, Upstream, said
@@ -83,15 +83,23 @@ class LiveCloser:
 
 
 class LiveSessions:
-    def __init__(self, upstream: Upstream, policy: SessionPolicy, closer: Closer) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        policy: SessionPolicy,
+        closer: Closer,
+        delegation: Mapping[str, Any] = CLIENT_DELEGATION,
+    ) -> None:
+        """`delegation`: policy.live_delegation, `responses` only when a supervisor will answer its tool calls."""
         self.upstream = upstream
         self.policy = policy
         self.closer = closer
+        self.delegation = delegation
 
     async def __call__(self, offer: Offer, auth: dict[str, str], deadline: float, stage: Stage) -> Call:
         """Never retried: the service may have consumed the offer."""
         stage("live_sessions")
-        session = live_session_config(self.policy, offer)
+        session = live_session_config(self.policy, offer, self.delegation)
         body = {"session": session, "transport": {"type": "webrtc", "sdp": offer.sdp}}
         answer = await self.upstream.post("sessions", api="live", json=body, headers=auth)
         secrets = tuple(auth.values())

@@ -45,15 +45,40 @@ def session_config(policy: SessionPolicy, offer: Offer, tools: Sequence[Mapping[
     return config
 
 
-def live_session_config(policy: SessionPolicy, offer: Offer) -> dict[str, Any]:
+def live_session_config(
+    policy: SessionPolicy, offer: Offer, delegation: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The session of a GPT-Live deployment, exactly the fields its strict `session` takes (realtime-api.md §6).
-    Model, instructions and voice are immutable once it starts, so the server's policy holds for its whole life."""
+    Model, instructions and voice are immutable once it starts, so the server's policy holds for its whole life;
+    `delegation` (live_delegation) is the one field a `session.update` may change, and the supervisor holds it."""
     return {
         "model": offer.model.name,
         "instructions": effective_instructions(policy, offer.instructions),
         "audio": {"output": {"voice": offer.voice}},
-        "delegation": {"type": "client"},
+        "delegation": dict(delegation or CLIENT_DELEGATION),
     }
+
+
+CLIENT_DELEGATION: Mapping[str, Any] = {"type": "client"}
+DELEGATE_INSTRUCTIONS = (
+    "You do the work a voice assistant delegates to you. Call the tools the task needs, then answer in a few "
+    "plain sentences the assistant can speak. If no tool can do it, say so briefly."
+)
+
+
+def live_delegation(model: str | None, tools: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """GPT-Live hands tasks to a Responses deployment (`REALTIME_LIVE_DELEGATE_MODEL`) that calls the server-run
+    tools, answered by the supervisor (realtime_proxy/delegation.py); without a model or tools (no supervisor),
+    delegation stays the client's, as before."""
+    if not model or not tools:
+        return CLIENT_DELEGATION
+    responses = {
+        "model": model,
+        "instructions": DELEGATE_INSTRUCTIONS,
+        "tools": [dict(tool) for tool in tools],
+        "tool_choice": "auto",
+    }
+    return {"type": "responses", "responses": responses}
 
 
 def public_models(settings: Settings) -> dict[str, Any]:

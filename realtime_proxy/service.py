@@ -32,7 +32,7 @@ from .exchange import Exchange, RealtimeCalls
 from .ledger import Ledger
 from .live import LiveCloser, LiveSessions
 from .logs import REQUEST_ID, logger, new_request_id, remember_secret
-from .policy import public_config, public_models
+from .policy import live_delegation, public_config, public_models
 from .ratelimit import RateLimiter
 from .reports import CallReport
 from .settings import Settings, SharedLimits, load_settings
@@ -114,6 +114,8 @@ class RealtimeProxy:
         self.supervisor: Supervisor | None = None
         self.exchanges: dict[str, Exchange] = {}  # by deployment kind
         self.live: LiveSessions | None = None
+        # Tools go into a session only when a supervisor will be in the call to answer them.
+        declared = self.toolbox.declarations() if settings.supervision.mode != "off" else []
         if settings.configured:
             credentials: Credentials = (
                 ApiKeyCredentials(settings.api_key)
@@ -123,9 +125,7 @@ class RealtimeProxy:
             credentials.warm()
             self.upstream = Upstream(settings, credentials, on_answer=telemetry.upstream_answered)
             self.sideband = Sideband(self.upstream)
-            # Tools go into a session only when a supervisor will be in the call to answer them.
-            supervised = settings.supervision.mode != "off"
-            realtime = RealtimeCalls(self.upstream, settings.policy, self.toolbox.declarations() if supervised else ())
+            realtime = RealtimeCalls(self.upstream, settings.policy, declared)
             self.exchanges = {"realtime": realtime, "reasoning": realtime}
         local = MemoryTable()
         self.origins = OriginPolicy(settings.allowed_origins)
@@ -150,7 +150,8 @@ class RealtimeProxy:
             # GPT-Live ends with `session.close`: on the socket of the supervisor holding the session here, else
             # on a short-lived attach, so the caller's End, the kill switch and the sweep work from any instance.
             closer = LiveCloser(self.sideband, settings.limits.deadline_seconds, self.supervisor)
-            self.live = LiveSessions(self.upstream, settings.policy, closer)
+            delegation = live_delegation(settings.tools.live_delegate, declared)
+            self.live = LiveSessions(self.upstream, settings.policy, closer, delegation)
             self.exchanges["live"] = self.live
         self._connect = ConnectHandler(
             settings,

@@ -103,6 +103,7 @@ class ToolSettings:
     max_calls: int = 20  # per live call; per response at most min(this, MAX_CALLS_PER_RESPONSE in toolcalls.py)
     search_endpoint: str | None = None  # Azure AI Search instead of the embedded index of knowledge/
     search_index: str | None = None
+    live_delegate: str | None = None  # REALTIME_LIVE_DELEGATE_MODEL: the Responses deployment GPT-Live delegates to
 
 
 @dataclass(frozen=True)
@@ -448,6 +449,12 @@ def _read_tools(read: _Reader) -> ToolSettings:
             endpoint = index = None
     if (endpoint is None) != (index is None):
         read.problems.append("AZURE_SEARCH_ENDPOINT and AZURE_SEARCH_INDEX are set together or not at all")
+    delegate = read.token("REALTIME_LIVE_DELEGATE_MODEL")
+    if delegate is not None and not _DEPLOYMENT_NAME.fullmatch(delegate):
+        read.problems.append(
+            "REALTIME_LIVE_DELEGATE_MODEL is not a deployment name (1-64 letters, digits, '.', '_', '-')"
+        )
+        delegate = None
     return ToolSettings(
         enabled=None if not named else () if [name.lower() for name in named] == ["none"] else named,
         timeout_seconds=read.number("REALTIME_TOOL_TIMEOUT_SECONDS", 10, 0.1, 60),
@@ -455,6 +462,7 @@ def _read_tools(read: _Reader) -> ToolSettings:
         max_calls=int(read.number("REALTIME_MAX_TOOL_CALLS", 20, 1, 1000)),
         search_endpoint=endpoint if index else None,
         search_index=index if endpoint else None,
+        live_delegate=delegate,
     )
 
 

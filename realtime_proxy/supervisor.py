@@ -4,7 +4,8 @@
 `Supervisor.run` on whichever instance takes the message, for as long as the call lasts. It:
 - holds the session to what the server decided (realtime_proxy/guard.py): `observe` logs and counts each
   change, `enforce` restores the server's values at once and hangs up at the `REALTIME_POLICY_STRIKES`-th (a
-  GPT-Live session's model, instructions and voice are immutable, so there is nothing to hold it to);
+  GPT-Live session's model, instructions and voice are immutable: its delegation is what can change);
+- answers the function calls of the server-run tools (toolcalls.py; GPT-Live's delegated ones: delegation.py);
 - ends the call at its planned end to the second, after a note shortly before;
 - sums the call's usage into its ledger row and the metrics (GPT-Live: the cumulative usage of `session.closed`);
 - frees the call's slot the moment the call ends, however it ends (the browser leaving without a word too).
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .delegation import Answers, Delegations
 from .guard import PolicyGuard
 from .ledger import Ledger, Ticket, call_kind, decided_session
 from .logs import REQUEST_ID, logger
@@ -208,13 +210,14 @@ class SupervisedCall:
         session = decided_session(self.row.props)
         self.kind = call_kind(self.row.props)
         self.live = self.kind == "live"
-        self.guard = None if self.live else PolicyGuard(session, self.supervisor.turn_detection_choosable)
+        self.guard = PolicyGuard(session, self.supervisor.turn_detection_choosable)
         self.closed = asyncio.Event()  # GPT-Live: `session.closed` came, or the socket closed with the session
         self.model = str(session.get("model") or "")
         self.end_at = float(str(self.row.props.get("end") or 0))
         self.usage = Usage.loads(self.row.props.get("usage"))
         self.strikes = int(str(self.row.props.get("strikes") or 0))
         self.tools = self.supervisor.toolbox.for_call(self.call_id)
+        self.delegations = Delegations(self.tools)
         self.transcript = self.supervisor.transcripts.for_call(
             self.call_id, float(str(self.row.props.get("start") or 0))
         )
@@ -283,8 +286,8 @@ class SupervisedCall:
     async def _on(self, line: Line, event: dict[str, Any]) -> None:
         kind = event["type"]
         self.transcript.observe(event)
-        if kind == "session.updated" and self.guard is not None:
-            await self._check(line, self.guard, event.get("session"))
+        if kind == "session.updated":
+            await self._check(line, event.get("session"))
         elif kind == "session.closed":
             self._closed_live(event)
         elif kind == "response.done":
@@ -292,9 +295,11 @@ class SupervisedCall:
             added = self.usage.add(response.get("usage") if isinstance(response, dict) else None)
             if added:
                 self.supervisor.meter.tokens(added, self.model, str(self.row.props.get("client") or ""))
-            task = asyncio.ensure_future(self._answer_tools(event))
-            self._answering.add(task)
-            task.add_done_callback(self._answering.discard)
+            self._beside(self.tools.answer(event))
+        elif kind == "response.event":
+            answers = self.delegations.on(event)
+            if answers is not None:
+                self._beside(answers)
         elif kind == "error":
             error = event.get("error")
             code = error.get("code") if isinstance(error, dict) else None
@@ -327,8 +332,8 @@ class SupervisedCall:
             return False
         return True
 
-    async def _check(self, line: Line, guard: PolicyGuard, session: object) -> None:
-        changed = guard.violations(session)
+    async def _check(self, line: Line, session: object) -> None:
+        changed = self.guard.violations(session)
         if not changed:
             return
         self.strikes += 1
@@ -347,7 +352,7 @@ class SupervisedCall:
             await line.send(_note(POLICY_NOTE))  # so the page can say why, before the hang-up closes it
             await self._end("policy")
         else:
-            await line.send(guard.restore(changed))
+            await line.send(self.guard.restore(changed))
 
     async def _clock(self, line: Line) -> None:
         """The timed work while attached: the warning, the end on the second, the lease and the usage."""
@@ -373,13 +378,20 @@ class SupervisedCall:
                 wake = min(wake, self.end_at - warning)
             await asyncio.sleep(max(0.0, wake - self.supervisor.clock()))
 
-    async def _answer_tools(self, event: dict[str, Any]) -> None:
-        """Runs the function calls a response made, beside the event stream, and answers them on the sideband
-        (several calls: each output, then one `response.create`)."""
-        answers = await self.tools.answer(event)
+    def _beside(self, answers: Answers) -> None:
+        """Runs a response's function calls beside the event stream (a slow tool must not hold the clock, the
+        guard or the other answers up)."""
+        task = asyncio.ensure_future(self._answer_tools(answers))
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+
+    async def _answer_tools(self, answers: Answers) -> None:
+        """Sends what answers a response's function calls on the sideband (each output, then one
+        `response.create`)."""
+        events = await answers
         line = self.line
         try:
-            for answer in answers:
+            for answer in events:
                 if line is None or line.closed:
                     raise ConnectionError("the sideband closed")
                 await line.send(answer)

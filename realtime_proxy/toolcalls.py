@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from .logs import logger
 from .schema import problem
@@ -55,6 +55,14 @@ class ToolStats:
     errors: int = 0  # calls answered with an error output, refused ones included
     refused: int = 0  # calls past a cap
     seconds: float = 0.0  # time spent running tools (concurrent calls add up)
+
+
+@dataclass(frozen=True)
+class Answered:
+    """What a response's function calls got: (call_id, output) in order, and whether a cap refused some."""
+
+    outputs: list[tuple[str, str]]
+    capped: bool
 
 
 class Toolbox:
@@ -103,29 +111,36 @@ class ToolCalls:
         if event.get("type") != "response.done" or not isinstance(event.get("response"), dict):
             return []
         response: dict[str, Any] = event["response"]
-        calls = [item for item in _function_calls(response) if item["call_id"] not in self._answered]
-        if not calls:
+        answered = await self.run(_function_calls(response), response.get("status"))
+        if not answered.outputs:
             return []
+        events = [_output_event(call_id, output) for call_id, output in answered.outputs]
+        # Past a cap, the next response may not call tools at all: a model calling in a loop is stopped here.
+        events.append(
+            {"type": "response.create", "response": {"tool_choice": "none"}} if answered.capped else CREATE.copy()
+        )
+        return events
+
+    async def run(self, items: list[dict[str, Any]], status: object) -> Answered:
+        """Runs the function calls (`function_call` items with a string `call_id`) of a response that ended with
+        `status`, concurrently, each at most once: the outputs in order, or none for a response that did not
+        complete (the user spoke over it: its calls are dropped)."""
+        calls = [item for item in items if item["call_id"] not in self._answered]
+        if not calls:
+            return Answered([], capped=False)
         for item in calls:
             self._remember(item["call_id"])
-        if response.get("status") != "completed":
+        if status != "completed":
             log.info(
-                "call %s: %d tool call(s) dropped, their response ended %s",
-                self.call_id,
-                len(calls),
-                str(response.get("status"))[:32],
+                "call %s: %d tool call(s) dropped, their response ended %s", self.call_id, len(calls), str(status)[:32]
             )
-            return []
+            return Answered([], capped=False)
         room = max(0, min(MAX_CALLS_PER_RESPONSE, self._box.settings.max_calls - self.stats.calls))
         self.stats.calls += len(calls)
         outputs = await asyncio.gather(*(self._run(item) for item in calls[:room]))
         refusals = [self._refuse(item) for item in calls[room:]]
-        events = [
-            _output_event(item["call_id"], output) for item, output in zip(calls, [*outputs, *refusals], strict=True)
-        ]
-        # Past a cap, the next response may not call tools at all: a model calling in a loop is stopped here.
-        events.append({"type": "response.create", "response": {"tool_choice": "none"}} if refusals else CREATE.copy())
-        return events
+        ids = [item["call_id"] for item in calls]
+        return Answered(list(zip(ids, [*outputs, *refusals], strict=True)), capped=bool(refusals))
 
     async def _run(self, item: dict[str, Any]) -> str:
         name = str(item.get("name"))[:64]
@@ -208,11 +223,12 @@ class ToolCalls:
 
 def _function_calls(response: dict[str, Any]) -> list[dict[str, Any]]:
     output = response.get("output")
-    return [
-        item
-        for item in (output if isinstance(output, list) else [])
-        if isinstance(item, dict) and item.get("type") == "function_call" and isinstance(item.get("call_id"), str)
-    ]
+    return [item for item in (output if isinstance(output, list) else []) if is_function_call(item)]
+
+
+def is_function_call(item: object) -> TypeGuard[dict[str, Any]]:
+    """A `function_call` output item the tool loop can answer (it names its `call_id`)."""
+    return isinstance(item, dict) and item.get("type") == "function_call" and isinstance(item.get("call_id"), str)
 
 
 def _arguments(raw: object, tool: Tool) -> dict[str, Any]:

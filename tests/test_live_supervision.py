@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -194,21 +195,119 @@ def test_a_refused_attach_is_logged_and_the_sweep_still_ends_the_session(
     assert [row.props["status"] for row in rows] == ["live"], "still the sweep's to end at its planned end"
 
 
+# -- delegation to the server-run tools (realtime_proxy/delegation.py) ---------------------------------------------
+
+DELEGATE = "gpt-5-mini"
+
+
+def test_gpt_live_delegates_to_the_server_run_tools_and_its_supervisor_answers_them(
+    fake: FakeAzureOpenAI, azurite: Storage
+) -> None:
+    supervised = connect_live(live_app(fake, azurite, REALTIME_LIVE_DELEGATE_MODEL=DELEGATE), fake)
+    live = supervised.live
+    responses = live.session["delegation"]["responses"]  # the fake refuses any other shape at creation
+    assert (live.session["delegation"]["type"], responses["model"]) == ("responses", DELEGATE)
+    assert [tool["name"] for tool in responses["tools"]] == ["get_current_time", "search_knowledge"]
+    ids = live.delegate_tools(
+        [("get_current_time", '{"timezone": "Europe/Paris"}'), ("search_knowledge", '{"query": "deploy"}')]
+    )
+    live.wait_received(lambda event: event["type"] == "response.create")
+    sent = [event["type"] for event in live.received]
+    assert sent == ["response.item.create", "response.item.create", "response.create"], "answered together"
+    assert set(live.outputs) == set(ids), "each output names a call the delegate is waiting on"
+    assert "+01:00" in json.loads(live.outputs[ids[0]])["time"] or "+02:00" in json.loads(live.outputs[ids[0]])["time"]
+    assert any(hit["path"] == "deploying.md" for hit in json.loads(live.outputs[ids[1]])["hits"])
+    assert live.usage["output_tokens"] > 0, "the fake took the response.create and GPT-Live spoke the result"
+    live.end("gone")
+    supervised.done()
+    assert json.loads(supervised.row()["tools"])["calls"] == 2
+
+
+def test_without_a_delegate_model_or_a_supervisor_delegation_stays_the_clients(
+    fake: FakeAzureOpenAI, azurite: Storage
+) -> None:
+    supervised = connect_live(live_app(fake, azurite), fake)
+    assert supervised.live.session["delegation"] == {"type": "client"}
+    supervised.live.end("gone")
+    supervised.done()
+    unsupervised = live_app(fake, azurite, REALTIME_LIVE_DELEGATE_MODEL=DELEGATE, REALTIME_SUPERVISOR="off")
+    response = unsupervised.connect(offer_request(LIVE))
+    assert response.status_code == 201, response.get_body()
+    session_id = response.headers["Location"].rsplit("/", 1)[-1]
+    assert fake.live_call(session_id).session["delegation"] == {"type": "client"}, "no tools nobody would answer"
+
+
+def test_a_browser_that_changes_the_delegation_gets_the_servers_back(fake: FakeAzureOpenAI, azurite: Storage) -> None:
+    supervised = connect_live(live_app(fake, azurite, REALTIME_LIVE_DELEGATE_MODEL=DELEGATE), fake)
+    live = supervised.live
+    decided = live.session["delegation"]
+    live.browser_update({"delegation": {"type": "responses", "responses": {"model": "gpt-5-pro", "tools": []}}})
+    restore = live.wait_received(lambda event: event["type"] == "session.update")
+    assert restore["session"] == {"delegation": decided}, "GPT-Live takes no session.type and no immutable field"
+    assert live.session["delegation"] == decided
+    live.end("gone")
+    supervised.done()
+    assert supervised.row()["strikes"] == 1, "the violation counted"
+
+
 # -- the fake's and the emulator's attach socket ------------------------------------------------------------------
 
 
-def live_session(fake: FakeAzureOpenAI, offer: str = OFFER) -> tuple[str, str]:
-    created = requests.post(
+def create_live(fake: FakeAzureOpenAI, session: dict[str, Any], offer: str = OFFER) -> requests.Response:
+    return requests.post(
         fake.url + "/openai/v1/live/sessions",
         headers={"api-key": API_KEY},
-        json={
-            "session": {"model": "gpt-live-1", "instructions": "Be brief."},
-            "transport": {"type": "webrtc", "sdp": offer},
-        },
+        json={"session": session, "transport": {"type": "webrtc", "sdp": offer}},
         timeout=10,
     )
+
+
+def live_session(fake: FakeAzureOpenAI, offer: str = OFFER) -> tuple[str, str]:
+    created = create_live(fake, {"model": "gpt-live-1", "instructions": "Be brief."}, offer)
     assert created.status_code == 201, created.text
     return created.json()["session"]["id"], created.json()["transport"]["sdp"]
+
+
+@pytest.mark.parametrize(
+    ("responses", "param"),
+    [
+        ({"model": "m", "tools": [{"type": "function", "name": "f", "secret": 1}]}, "tools[0].secret"),
+        ({"model": "m", "tools": [{"type": "mcp", "name": "f"}]}, "tools[0]"),
+        ({"model": "m", "tool_choice": "sometimes"}, "tool_choice"),
+        ({"model": "m", "temperature": 2}, "temperature"),
+    ],
+)
+def test_the_fake_refuses_a_responses_delegation_the_service_would_refuse(
+    fake: FakeAzureOpenAI, responses: dict[str, Any], param: str
+) -> None:
+    delegation = {"type": "responses", "responses": responses}
+    refused = create_live(fake, {"model": "gpt-live-1", "delegation": delegation})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "session.delegation.responses." + param
+
+
+def test_the_fake_takes_outputs_only_for_calls_a_delegate_is_waiting_on(fake: FakeAzureOpenAI) -> None:
+    delegation = {"type": "responses", "responses": {"model": "m", "tools": [{"type": "function", "name": "f"}]}}
+    created = create_live(fake, {"model": "gpt-live-1", "delegation": delegation})
+    session_id = created.json()["session"]["id"]
+    live = fake.live_call(session_id)
+
+    async def main() -> str:
+        async with aiohttp.ClientSession() as http:
+            sideband = await attach(http, fake, session_id)
+            await sideband.send({"type": "response.create"})
+            assert (await sideband.expect("error"))["error"]["code"] == "invalid_value", "no delegation awaits one"
+            [call_id] = await asyncio.to_thread(live.delegate_tools, [("f", "{}")])
+            output = {"type": "function_call_output", "call_id": "call_other", "output": "{}"}
+            await sideband.send({"type": "response.item.create", "item": output})
+            assert (await sideband.expect("error"))["error"]["param"] == "item.call_id"
+            await sideband.send({"type": "response.item.create", "item": {**output, "call_id": call_id}})
+            await sideband.send({"type": "response.create"})
+            await sideband.expect("session.output_transcript.delta")  # GPT-Live speaks the delegate's result
+            return call_id
+
+    call_id = asyncio.run(main())
+    assert live.outputs == {call_id: "{}"}
 
 
 async def attach(http: aiohttp.ClientSession, fake: FakeAzureOpenAI, session_id: str, key: str = API_KEY) -> Sideband:
