@@ -11,14 +11,17 @@ response that failed or was cut short is not answered: its calls are dropped, as
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any
 
 from .toolcalls import ToolCalls, is_function_call
 
 ENDED = {"response.completed": "completed", "response.failed": "failed", "response.incomplete": "incomplete"}
 MAX_PENDING = 64  # function calls awaiting their response's end, across a session's delegations
-Answers = Coroutine[Any, Any, list[dict[str, Any]]]
+# The work that answers a response's calls: started by the supervisor beside the event stream, or never (the call
+# ended first), so it is a callable rather than a coroutine that could be left un-awaited.
+Answers = Callable[[], Coroutine[Any, Any, list[dict[str, Any]]]]
 
 
 class Delegations:
@@ -30,7 +33,7 @@ class Delegations:
 
     def on(self, event: dict[str, Any]) -> Answers | None:
         """Notes a wrapped event at once, in the order events arrive; when it ends a response whose calls need
-        answers, returns the work that runs them and gives the client events to send (the supervisor awaits it
+        answers, returns the work that runs them and gives the client events to send (the supervisor runs it
         beside the event stream)."""
         delegation, inner = event.get("delegation_id"), event.get("event")
         if event.get("type") != "response.event" or not isinstance(delegation, str) or not isinstance(inner, dict):
@@ -49,7 +52,7 @@ class Delegations:
         for item in output if isinstance(output, list) else []:
             if is_function_call(item):
                 calls.setdefault(item["call_id"], item)
-        return self._answer(list(calls.values()), ENDED[kind]) if calls else None
+        return partial(self._answer, list(calls.values()), ENDED[kind]) if calls else None
 
     async def _answer(self, calls: list[dict[str, Any]], status: str) -> list[dict[str, Any]]:
         answered = await self.tools.run(calls, status)

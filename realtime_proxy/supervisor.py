@@ -26,6 +26,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from .delegation import Answers, Delegations
@@ -295,7 +296,7 @@ class SupervisedCall:
             added = self.usage.add(response.get("usage") if isinstance(response, dict) else None)
             if added:
                 self.supervisor.meter.tokens(added, self.model, str(self.row.props.get("client") or ""))
-            self._beside(self.tools.answer(event))
+            self._beside(partial(self.tools.answer, event))
         elif kind == "response.event":
             answers = self.delegations.on(event)
             if answers is not None:
@@ -388,7 +389,7 @@ class SupervisedCall:
     async def _answer_tools(self, answers: Answers) -> None:
         """Sends what answers a response's function calls on the sideband (each output, then one
         `response.create`)."""
-        events = await answers
+        events = await answers()
         line = self.line
         try:
             for answer in events:

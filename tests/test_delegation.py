@@ -25,14 +25,13 @@ def wrapped(delegation_id: str, event: dict[str, Any]) -> dict[str, Any]:
 
 def delegated(delegations: Delegations, delegation_id: str, response: dict[str, Any]) -> list[dict[str, Any]]:
     """A delegate's response as the sideband carries it: each finished item, then the response's end."""
-    answers = None
     for index, item in enumerate(response["output"]):
         event = {"type": "response.output_item.done", "output_index": index, "item": item}
         assert delegations.on(wrapped(delegation_id, event)) is None, "nothing is answered before the response ends"
     status = response["status"]
     end = "response.completed" if status == "completed" else f"response.{status}"
     answers = delegations.on(wrapped(delegation_id, {"type": end, "response": response}))
-    return [] if answers is None else asyncio.run(answers)
+    return [] if answers is None else asyncio.run(answers())
 
 
 def test_a_session_gets_responses_delegation_only_with_a_delegate_model_and_tools() -> None:
@@ -83,7 +82,7 @@ def test_calls_only_in_the_completed_response_are_answered_and_other_events_are_
     assert delegations.on({"type": "response.event", "delegation_id": 7, "event": {}}) is None
     answers = delegations.on(wrapped("dlg_1", {"type": "response.completed", "response": response}))
     assert answers is not None
-    assert [event["type"] for event in asyncio.run(answers)] == ["response.item.create", "response.create"]
+    assert [event["type"] for event in asyncio.run(answers())] == ["response.item.create", "response.create"]
 
 
 def test_past_the_caps_the_outputs_tell_the_model_to_stop() -> None:
