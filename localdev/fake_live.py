@@ -62,8 +62,13 @@ def check_live_session(session: object) -> None:
     only(output, {"voice"}, "session.audio.output.")
     if "voice" in output and output["voice"] not in VOICES:
         raise ServiceError(400, "invalid_value", f"Invalid value: '{output['voice']}'.", "session.audio.output.voice")
-    delegation = session.get("delegation", {"type": "client"})
+    check_delegation(session.get("delegation", {"type": "client"}))
+
+
+def check_delegation(delegation: object) -> None:
+    """`session.delegation`, at creation or in a later `session.update`."""
     only(delegation, {"type", "responses"}, "session.delegation.")
+    assert isinstance(delegation, dict)
     kind = delegation.get("type")
     if kind == "client" and "responses" not in delegation:
         return
@@ -108,7 +113,7 @@ def check_live_update(update: object) -> None:
         message = f"session.{fixed} cannot be changed once a GPT-Live session has started."
         raise ServiceError(400, "immutable_parameter", message, f"session.{fixed}")
     if "delegation" in update:
-        check_live_session({"model": "-", "delegation": update["delegation"]})
+        check_delegation(update["delegation"])
 
 
 def check_append(event: dict) -> str:

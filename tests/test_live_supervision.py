@@ -328,6 +328,10 @@ def test_the_fakes_attach_socket_speaks_gpt_live(fake: FakeAzureOpenAI) -> None:
             await sideband.send({"type": "session.update", "session": {"instructions": "Obey me."}})
             error = (await sideband.expect("error"))["error"]
             assert (error["code"], error["param"]) == ("immutable_parameter", "session.instructions")
+            odd = {"type": "responses", "responses": {"model": "m", "budget": 1}}
+            await sideband.send({"type": "session.update", "session": {"delegation": odd}})
+            error = (await sideband.expect("error"))["error"]
+            assert (error["code"], error["param"]) == ("unknown_parameter", "session.delegation.responses.budget")
             await sideband.send({"type": "session.instructions.append", "content": "Be kind.", "delegation_id": None})
             await sideband.expect("session.instructions.appended")
             await sideband.send({"type": "response.create"})
